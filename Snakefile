@@ -1,0 +1,38 @@
+# Tiny-LLM: TinyStories archive -> shards -> tokenizer -> pretokenized shards -> model -> samples, exports.
+# This file only reads and checks the config, includes the stages, and names the final targets.
+
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
+from tinyllm.config import ConfigError, validate_config
+
+
+configfile: "config.yaml"
+
+
+try:
+    validate_config(config)  # fills defaults from workflow/schemas/config.schema.yaml
+except ConfigError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tokenizer.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/export.smk"
+
+
+rule all:
+    input:
+        SAMPLES,
+        EXPORT_RUNC,
+        EXPORT_HF,
+    default_target: True

@@ -1,0 +1,69 @@
+"""Shared fixtures: the TinyStories shards the tests run on.
+
+Tests use the real TinyStories sample at $TINYLLM_TEST_DATA (default: ../shared/data/tinystories beside the
+repository). Where that folder is absent (a fresh clone elsewhere), they build a small story corpus of their
+own in the same shard format, so the suite still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TEST_DATA = REPO.parent / "shared" / "data" / "tinystories"
+
+
+def test_data_dir() -> Path | None:
+    path = Path(os.environ.get("TINYLLM_TEST_DATA", DEFAULT_TEST_DATA))
+    return path if (path / "data00.json").is_file() and (path / "data01.json").is_file() else None
+
+
+test_data_dir.__test__ = False  # a helper, not a test
+
+
+_NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Sam", "Lucy", "Tim"]
+_ANIMALS = ["cat", "dog", "bird", "frog", "bunny", "duck", "bear", "fish"]
+_THINGS = ["ball", "kite", "red hat", "big box", "toy car", "blue cup", "shiny rock", "little boat"]
+_PLACES = ["park", "garden", "forest", "beach", "house", "school", "farm", "lake"]
+_FEELINGS = ["happy", "sad", "scared", "excited", "tired", "proud", "angry", "curious"]
+
+
+def synthetic_story(rng: random.Random) -> str:
+    """A short story in TinyStories' style, from templates (fallback corpus only)."""
+    name, friend = rng.sample(_NAMES, 2)
+    animal, thing, place = rng.choice(_ANIMALS), rng.choice(_THINGS), rng.choice(_PLACES)
+    feel, feel2 = rng.sample(_FEELINGS, 2)
+    sentences = [
+        f"Once upon a time, there was a little {animal} named {name}.",
+        f"{name} liked to play in the {place} with {friend}.",
+        f"One day, {name} found a {thing} under a tree.",
+        f"{name} felt very {feel}. \"Look what I found!\" {name} said.",
+        f"{friend} smiled and said, \"Can we play with it together?\"",
+        f"They played with the {thing} all day long, and they were {feel2}.",
+        f"At the end of the day, {name} and {friend} went home. The end.",
+    ]
+    keep = sorted(rng.sample(range(len(sentences)), rng.randint(4, len(sentences))))
+    return " ".join(sentences[i] for i in keep)
+
+
+def write_synthetic_shards(folder: Path, sizes=(300, 2000), seed: int = 1337) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, count in enumerate(sizes):
+        stories = [{"story": synthetic_story(rng)} for _ in range(count)]
+        (folder / f"data{index:02d}.json").write_text(json.dumps(stories, ensure_ascii=False))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shards_dir(tmp_path_factory) -> Path:
+    """Folder holding data00.json (validation) and data01.json (training), real where available."""
+    real = test_data_dir()
+    if real is not None:
+        return real
+    return write_synthetic_shards(tmp_path_factory.mktemp("synthetic_tinystories"))

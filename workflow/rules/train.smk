@@ -1,0 +1,34 @@
+# Pretokenized shards -> a trained model (final and best-val weights, metrics, loss curve).
+# Resumable: the training state lives in results/train/state/, which is not a declared output, so
+# Snakemake keeps it when a job fails or is killed and the next run picks it up.
+
+
+rule train:
+    input:
+        shards=expand(SHARD_BIN, shard=SHARDS),
+        tokenizer=TOK_MODEL,
+    output:
+        ckpt=CKPT,
+        best=f"{TRAIN_DIR}/best.pt",
+        metrics=f"{TRAIN_DIR}/metrics.csv",
+        plot=report(
+            f"{TRAIN_DIR}/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+        ),
+    params:
+        model=config["model"],
+        train=config["train"],
+        state_dir=f"{TRAIN_DIR}/state",
+        code=library_hash("model.py", "train.py", "data.py"),
+    threads: 8
+    resources:
+        gpu=config["train"]["gpus"],
+    log:
+        "logs/train/train.log",
+    benchmark:
+        "benchmarks/train/train.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train.py"
