@@ -218,3 +218,14 @@ class Transformer(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+
+def load_model(path, device: str | torch.device = "cpu") -> Transformer:
+    """A Transformer from a checkpoint written by tinyllm.train (ckpt.pt or best.pt), in eval mode.
+
+    The checkpoint is a dict with at least "model" (a state_dict) and "model_args" (ModelArgs.to_dict()).
+    """
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    model = Transformer(ModelArgs.from_dict(checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
