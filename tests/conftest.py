@@ -42,8 +42,8 @@ def synthetic_story(rng: random.Random) -> str:
         f"Once upon a time, there was a little {animal} named {name}.",
         f"{name} liked to play in the {place} with {friend}.",
         f"One day, {name} found a {thing} under a tree.",
-        f"{name} felt very {feel}. \"Look what I found!\" {name} said.",
-        f"{friend} smiled and said, \"Can we play with it together?\"",
+        f'{name} felt very {feel}. "Look what I found!" {name} said.',
+        f'{friend} smiled and said, "Can we play with it together?"',
         f"They played with the {thing} all day long, and they were {feel2}.",
         f"At the end of the day, {name} and {friend} went home. The end.",
     ]
@@ -67,3 +67,38 @@ def shards_dir(tmp_path_factory) -> Path:
     if real is not None:
         return real
     return write_synthetic_shards(tmp_path_factory.mktemp("synthetic_tinystories"))
+
+
+# --- TinyStories archive and a small tokenizer, for the data and tokenizer tests and any other -------------
+
+
+def make_tar_gz(path: Path, members: dict[str, bytes]) -> Path:
+    """Write a gzip-compressed tar holding regular files {member name: content}, in the given order."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tinystories_archive(shards_dir, tmp_path_factory) -> Path:
+    """TinyStories_all_data.tar.gz from shards_dir: data00.json and data01.json at its root, as upstream."""
+    members = {name: (shards_dir / name).read_bytes() for name in ("data00.json", "data01.json")}
+    return make_tar_gz(tmp_path_factory.mktemp("archive") / "TinyStories_all_data.tar.gz", members)
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(shards_dir, tmp_path_factory) -> Path:
+    """Path to a vocab-512 SentencePiece BPE model (llama2.c options) trained on shards_dir's data00.json."""
+    from tinyllm.data import write_tiny_txt
+    from tinyllm.tokenizer import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tok512")
+    write_tiny_txt([shards_dir / "data00.json"], folder / "tiny.txt")
+    return train_tokenizer(folder / "tiny.txt", folder / "tok512", 512, quiet=True)

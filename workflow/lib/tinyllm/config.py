@@ -37,9 +37,46 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(f)
 
 
+_YAML_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def _coerce_strings(config: dict, schema: dict) -> None:
+    """Turn command-line strings into the schema's scalar types, in place.
+
+    Snakemake hands nested `--config 'train={learning_rate: 1e-3}'` values over as strings; a string that
+    reads as YAML of an allowed type becomes that value. Anything else is left for the validator to reject.
+    """
+    for key, sub in schema.get("properties", {}).items():
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, dict):
+            _coerce_strings(value, sub)
+        elif isinstance(value, str):
+            allowed = sub.get("type", [])
+            allowed = [allowed] if isinstance(allowed, str) else allowed
+            if "string" in allowed:
+                continue
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                continue
+            if isinstance(parsed, str) and "number" in allowed:
+                try:  # PyYAML reads 1e-3 (no dot) as a string
+                    parsed = float(parsed)
+                except ValueError:
+                    pass
+            types = tuple(t for name in allowed for t in _flatten(_YAML_TYPES.get(name, ())))
+            if types and isinstance(parsed, types) and not (isinstance(parsed, bool) and bool not in types):
+                config[key] = parsed
+
+
+def _flatten(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Validate config in place (filling defaults) and return it; raise ConfigError naming the key."""
     schema = schema or load_schema()
+    _coerce_strings(config, schema)
     validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -53,9 +90,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
 def _check_consistency(config: dict) -> None:
     data, tok, model = config["data"], config["tokenizer"], config["model"]
     if tok["num_shards"] > data["shards"]:
-        raise ConfigError(
-            f"tokenizer.num_shards: {tok['num_shards']} exceeds data.shards ({data['shards']})"
-        )
+        raise ConfigError(f"tokenizer.num_shards: {tok['num_shards']} exceeds data.shards ({data['shards']})")
     if model["dim"] % model["n_heads"]:
         raise ConfigError(f"model.dim: {model['dim']} is not divisible by model.n_heads ({model['n_heads']})")
     if model["n_heads"] % model["n_kv_heads"]:

@@ -1,0 +1,150 @@
+"""tinyllm.tokenizer: training, encode/decode, the batched encoder's exactness, run.c export."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from tinyllm.data import load_stories
+from tinyllm.tokenizer import RUNC_BOS, RUNC_EOS, WORD_BOUNDARY, Tokenizer, train_tokenizer
+
+# Texts where splitting at spaces could go wrong: the batched encoder must still match encode() exactly.
+AWKWARD_TEXTS = [
+    "",
+    "Once upon a time, there was a cat.",
+    "  leading spaces",
+    "trailing spaces  ",
+    "double  space and   triple",
+    "paragraph one.\n\nParagraph two.\nthree \n four",
+    "digits 12345 and 3.14, emoji 🐱🐶 and accents café naïve",
+    f"a literal {WORD_BOUNDARY} mark and {WORD_BOUNDARY}{WORD_BOUNDARY}two",
+    "tab\tseparated\twords and\u00a0no-break\u3000spaces",
+    "“Curly quotes,” she said — ‘yes’…",
+]
+
+
+@pytest.fixture(scope="module")
+def tok(small_tokenizer) -> Tokenizer:
+    return Tokenizer(small_tokenizer)
+
+
+def test_train_tokenizer_writes_model_and_vocab_only(shards_dir, tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
+    model = train_tokenizer(text, tmp_path / "out" / "tok400", 400, input_sentence_size=1000, quiet=True)
+    assert model == tmp_path / "out" / "tok400.model"
+    assert sorted(p.name for p in model.parent.iterdir()) == ["tok400.model", "tok400.vocab"]
+    assert len((tmp_path / "out" / "tok400.vocab").read_text().splitlines()) == 400
+    assert Tokenizer(model).n_words == 400
+
+
+def test_train_tokenizer_uses_llama2c_options(tok):
+    assert (tok.n_words, tok.bos_id, tok.eos_id, tok.pad_id) == (512, 1, 2, -1)
+    pieces = [tok.sp.id_to_piece(i) for i in range(tok.n_words)]
+    assert pieces[3:259] == [f"<0x{b:02X}>" for b in range(256)]  # byte_fallback
+    assert not any(p[1:].isdigit() or (len(p) > 1 and p.isdigit()) for p in pieces)  # split_digits
+    assert tok.sp.normalize("A  b\u00a0c") == f"{WORD_BOUNDARY}A{WORD_BOUNDARY}b\u00a0c"  # identity rule
+    assert tok.decode(tok.encode("🐱", False, False)) == "🐱"  # unseen character: bytes, not <unk>
+
+
+def test_missing_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer model not found: .*nope.model"):
+        Tokenizer(tmp_path / "nope.model")
+    with pytest.raises(FileNotFoundError, match="training text not found"):
+        train_tokenizer(tmp_path / "missing.txt", tmp_path / "tok", 300)
+
+
+def test_encode_decode_bos_eos(tok, shards_dir):
+    story = load_stories(shards_dir / "data00.json")[1]
+    ids = tok.encode(story, bos=False, eos=False)
+    assert tok.decode(ids) == story
+    assert tok.encode(story, bos=True, eos=False) == [tok.bos_id, *ids]
+    assert tok.encode(story, bos=True, eos=True) == [tok.bos_id, *ids, tok.eos_id]
+    assert tok.encode(story, bos=False, eos=True) == [*ids, tok.eos_id]
+    with pytest.raises(TypeError):
+        tok.encode(ids, bos=True, eos=False)
+
+
+def reference_concat(tok: Tokenizer, texts, bos: bool, eos: bool) -> np.ndarray:
+    return np.array([i for text in texts for i in tok.encode(text, bos, eos)], dtype=np.int32)
+
+
+@pytest.mark.parametrize("bos,eos", [(True, False), (False, False), (True, True), (False, True)])
+def test_encode_concat_equals_encoding_each_text(tok, bos, eos):
+    assert tok.words_encode_independently()  # the fast path is what is under test
+    expected = reference_concat(tok, AWKWARD_TEXTS * 2, bos, eos)
+    np.testing.assert_array_equal(tok.encode_concat(AWKWARD_TEXTS * 2, bos, eos), expected)
+
+
+def test_encode_concat_equals_encoding_each_story_on_real_shards(tok, shards_dir):
+    stories = load_stories(shards_dir / "data00.json") + load_stories(shards_dir / "data01.json")[:3000]
+    expected = reference_concat(tok, stories, True, False)
+    np.testing.assert_array_equal(tok.encode_concat(stories, bos=True, eos=False), expected)
+    assert len(tok.encode_concat([], True, False)) == 0
+
+
+def test_encode_concat_equals_encoding_each_text_on_random_texts(tok):
+    """Random mixes of words, spaces, newlines, tabs, literal "▁", odd whitespace and unseen characters."""
+    rng = random.Random(0)
+    pieces = [*"abcXYZ .,!?'\"0123456789", " ", " ", "\n", "\t", "\r", "\x00", WORD_BOUNDARY, "\u00a0"]
+    pieces += ["é", "🐱", "the", "Once", "upon", "time", "little", "said", "happy", "Lily"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(3000)]
+    np.testing.assert_array_equal(
+        tok.encode_concat(texts, True, True), reference_concat(tok, texts, True, True)
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"model_type": "bpe", "normalization_rule_name": "nmt_nfkc"},
+        {"model_type": "unigram", "normalization_rule_name": "identity"},
+    ],
+    ids=["bpe-nfkc", "unigram"],
+)
+def test_other_models_take_the_plain_path_and_stay_exact(options, shards_dir, tmp_path):
+    """A normalizing model, or one that is not BPE, is never split at spaces; results stay exact."""
+    text = tmp_path / "tiny.txt"
+    text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "other"), vocab_size=400, byte_fallback=True,
+        minloglevel=2, **options,
+    )  # fmt: skip
+    other = Tokenizer(tmp_path / "other.model")
+    assert not other.words_encode_independently()
+    np.testing.assert_array_equal(
+        other.encode_concat(AWKWARD_TEXTS, True, False), reference_concat(other, AWKWARD_TEXTS, True, False)
+    )
+
+
+def parse_runc(path):
+    data = path.read_bytes()
+    (max_len,), pos = struct.unpack_from("<i", data, 0), 4
+    tokens, scores = [], []
+    while pos < len(data):
+        score, length = struct.unpack_from("<fi", data, pos)
+        pos += 8
+        tokens.append(data[pos : pos + length])
+        scores.append(score)
+        pos += length
+    return max_len, tokens, scores
+
+
+def test_export_runc_layout(tok, tmp_path):
+    max_len, tokens, scores = parse_runc(tok.export_runc(tmp_path / "tok512.bin"))
+    assert len(tokens) == tok.n_words
+    assert tokens[tok.bos_id] == RUNC_BOS.encode() == b"\n<s>\n"
+    assert tokens[tok.eos_id] == RUNC_EOS.encode() == b"\n</s>\n"
+    assert tokens[0] == b"<unk>"
+    assert max_len == max(len(t) for t in tokens)
+    assert scores == [pytest.approx(tok.sp.get_score(i)) for i in range(tok.n_words)]
+    boundary = [i for i in range(tok.n_words) if tok.sp.id_to_piece(i).startswith(WORD_BOUNDARY)]
+    assert boundary  # a BPE vocabulary of English words has many "▁word" pieces
+    for i in boundary:
+        assert tokens[i] == tok.sp.id_to_piece(i).replace(WORD_BOUNDARY, " ").encode()
+        assert tokens[i].startswith(b" ")
+    assert not any(WORD_BOUNDARY.encode() in t for t in tokens)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok512.bin"]  # written atomically, no temp left

@@ -1,0 +1,302 @@
+"""SentencePiece BPE tokenizer: training with llama2.c's options, encoding, and export to run.c's format."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+WORD_BOUNDARY = "\u2581"  # SentencePiece's visible space, "▁"
+RUNC_BOS = "\n<s>\n"
+RUNC_EOS = "\n</s>\n"
+# tiny.txt lines reach a few thousand bytes; SentencePiece's default (4192) would silently drop longer ones.
+MAX_SENTENCE_LENGTH = 1 << 16
+ENCODE_CHUNK = 8192  # texts per step of encode_concat: bounds the Python lists it holds
+
+
+def train_tokenizer(
+    text_path: str | os.PathLike,
+    model_prefix: str | os.PathLike,
+    vocab_size: int,
+    input_sentence_size: int = 200_000,
+    shuffle_input_sentence: bool = True,
+    num_threads: int = 1,
+    quiet: bool = False,
+) -> Path:
+    """Train a BPE model on a text file (one sentence per line) into `<model_prefix>.model` and `.vocab`.
+
+    The options are llama2.c's (tinystories.py train_vocab). Training writes under a temporary prefix and
+    renames the files into place, so an interrupted run leaves no half-written model. quiet silences
+    SentencePiece's progress log (it goes to stderr). Returns the .model path.
+    """
+    text_path, model_prefix = Path(text_path), Path(model_prefix)
+    if not text_path.is_file():
+        raise FileNotFoundError(f"tokenizer training text not found: {text_path}")
+    model_prefix.parent.mkdir(parents=True, exist_ok=True)
+    tmp_prefix = model_prefix.with_name(f".{model_prefix.name}.tmp{os.getpid()}")
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(text_path),
+            model_prefix=str(tmp_prefix),
+            model_type="bpe",
+            vocab_size=vocab_size,
+            self_test_sample_size=0,
+            input_format="text",
+            character_coverage=1.0,
+            num_threads=num_threads,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            byte_fallback=True,
+            unk_surface=r" \342\201\207 ",
+            normalization_rule_name="identity",
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=shuffle_input_sentence,
+            max_sentence_length=MAX_SENTENCE_LENGTH,
+            minloglevel=2 if quiet else 0,
+        )
+        for suffix in (".vocab", ".model"):
+            os.replace(f"{tmp_prefix}{suffix}", f"{model_prefix}{suffix}")
+    finally:
+        for suffix in (".vocab", ".model"):
+            Path(f"{tmp_prefix}{suffix}").unlink(missing_ok=True)
+    return Path(f"{model_prefix}.model")
+
+
+class Tokenizer:
+    """A trained SentencePiece model with llama2.c's encode/decode interface."""
+
+    def __init__(self, model_path: str | os.PathLike):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"tokenizer model not found: {self.model_path}")
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        self.n_words: int = self.sp.vocab_size()
+        self.bos_id: int = self.sp.bos_id()
+        self.eos_id: int = self.sp.eos_id()
+        self.pad_id: int = self.sp.pad_id()  # -1: the model has no pad token
+        self._words_independent: bool | None = None
+
+    def encode(self, s: str, bos: bool, eos: bool) -> list[int]:
+        if not isinstance(s, str):
+            raise TypeError(f"encode expects a str, got {type(s).__name__}")
+        ids = self.sp.encode(s)
+        if bos:
+            ids.insert(0, self.bos_id)
+        if eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def encode_concat(self, texts: Iterable[str], bos: bool, eos: bool, num_threads: int = 1) -> np.ndarray:
+        """Encode texts and concatenate the ids (int32): equal to chaining encode(text, bos, eos) over texts.
+
+        Fast path: where spaces are hard boundaries for this model (see words_encode_independently), a text
+        splits at its single spaces into words whose encodings concatenate to the text's encoding, so each
+        distinct word is encoded once and the rest is numpy gathering. TinyStories reuses a small vocabulary
+        of words, so this is several times faster than encoding every story.
+        """
+        texts = list(texts)
+        if not self.words_encode_independently():
+            pieces = self.sp.encode(texts, add_bos=bos, add_eos=eos, num_threads=num_threads)
+            return np.fromiter(itertools.chain.from_iterable(pieces), np.int32, sum(map(len, pieces)))
+        cache = _WordCache(self.sp, num_threads)
+        chunks = [
+            cache.encode_texts(
+                texts[i : i + ENCODE_CHUNK], self.bos_id if bos else None, self.eos_id if eos else None
+            )
+            for i in range(0, len(texts), ENCODE_CHUNK)
+        ]
+        return np.concatenate(chunks) if chunks else np.empty(0, np.int32)
+
+    def words_encode_independently(self) -> bool:
+        """Whether encoding a text equals concatenating the encodings of its space-separated words.
+
+        True when a BPE model maps no character but the space (no normalization rules), turns a space into the
+        word-boundary mark in front of the next word with a dummy one at the start, and has no piece with that
+        mark after its first character: then no BPE merge crosses a space, and a word encoded alone (given its
+        dummy prefix) yields exactly the pieces it yields inside the text. Texts the normalizer rewrites
+        are never split: those with leading, trailing or repeated spaces, and those holding a literal "▁"
+        (the normalizer strips trailing ones, so a lone "▁" word would vanish).
+        """
+        if self._words_independent is None:
+            model_type, charsmap = _model_facts(self.sp.serialized_model_proto())
+            self._words_independent = (
+                model_type == BPE_MODEL_TYPE
+                and not charsmap
+                and self.sp.normalize("a b") == f"{WORD_BOUNDARY}a{WORD_BOUNDARY}b"
+                and not any(WORD_BOUNDARY in self.sp.id_to_piece(i)[1:] for i in range(self.n_words))
+            )
+        return self._words_independent
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode(list(ids))
+
+    def runc_tokens(self) -> tuple[list[bytes], list[float]]:
+        """Every token's bytes and score as run.c shows them: BOS/EOS as text lines, "▁" as a space."""
+        tokens, scores = [], []
+        for i in range(self.n_words):
+            if i == self.bos_id:
+                piece = RUNC_BOS
+            elif i == self.eos_id:
+                piece = RUNC_EOS
+            else:
+                piece = self.sp.id_to_piece(i)
+            tokens.append(piece.replace(WORD_BOUNDARY, " ").encode("utf-8"))
+            scores.append(self.sp.get_score(i))
+        return tokens, scores
+
+    def export_runc(self, path: str | os.PathLike) -> Path:
+        """Write the tokenizer in llama2.c run.c's format, atomically.
+
+        Layout, little-endian: int32 max_token_length, then per token float32 score, int32 byte length, bytes.
+        """
+        path = Path(path)
+        tokens, scores = self.runc_tokens()
+        with atomic_output(path) as f:
+            f.write(struct.pack("<i", max(map(len, tokens))))
+            for token, score in zip(tokens, scores, strict=True):
+                f.write(struct.pack("<fi", score, len(token)))
+                f.write(token)
+        return path
+
+
+class _WordCache:
+    """Token ids of each distinct word seen so far, for Tokenizer.encode_concat's fast path."""
+
+    def __init__(self, sp: spm.SentencePieceProcessor, num_threads: int):
+        self.sp = sp
+        self.num_threads = num_threads
+        self.index: dict[str, int] = {}
+        self.tokens = np.empty(0, np.int32)  # every cached word's ids, back to back
+        self.starts = np.empty(0, np.int64)  # where each word's ids begin in self.tokens
+        self.lengths = np.empty(0, np.int64)
+
+    def _add_new_words(self, known: int) -> None:
+        new_words = list(itertools.islice(self.index, known, None))
+        if not new_words:
+            return
+        pieces = self.sp.encode(new_words, num_threads=self.num_threads)
+        lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
+        tokens = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, int(lengths.sum()))
+        self.starts = np.concatenate([self.starts, len(self.tokens) + np.cumsum(lengths) - lengths])
+        self.lengths = np.concatenate([self.lengths, lengths])
+        self.tokens = np.concatenate([self.tokens, tokens])
+
+    def encode_texts(self, texts: list[str], bos_id: int | None, eos_id: int | None) -> np.ndarray:
+        known = len(self.index)
+        words_in_order: list[str] = []
+        words_per_text = np.empty(len(texts), np.int64)
+        for i, text in enumerate(texts):
+            words = text.split(" ")
+            if "" in words or WORD_BOUNDARY in text:  # see Tokenizer.words_encode_independently
+                words = [text]
+            words_per_text[i] = len(words)
+            words_in_order.extend(words)
+        # Per distinct word, not per occurrence: the loops below run in C except over new words.
+        for word in dict.fromkeys(words_in_order):
+            if word not in self.index:
+                self.index[word] = len(self.index)
+        word_ids = list(map(self.index.__getitem__, words_in_order))
+        self._add_new_words(known)
+
+        ids = np.array(word_ids, dtype=np.int64)
+        lengths = self.lengths[ids]
+        out_starts = np.cumsum(lengths) - lengths
+        body = self.tokens[np.arange(int(lengths.sum())) + np.repeat(self.starts[ids] - out_starts, lengths)]
+        if bos_id is None and eos_id is None:
+            return body
+        text_lengths = (
+            np.add.reduceat(lengths, np.cumsum(words_per_text) - words_per_text) if len(texts) else lengths
+        )
+        per_text = text_lengths + (bos_id is not None) + (eos_id is not None)
+        text_starts = np.cumsum(per_text) - per_text
+        out = np.empty(int(per_text.sum()), np.int32)
+        is_body = np.ones(len(out), bool)
+        if bos_id is not None:
+            out[text_starts] = bos_id
+            is_body[text_starts] = False
+        if eos_id is not None:
+            out[text_starts + per_text - 1] = eos_id
+            is_body[text_starts + per_text - 1] = False
+        out[is_body] = body
+        return out
+
+
+BPE_MODEL_TYPE = 2  # TrainerSpec.ModelType.BPE in sentencepiece_model.proto
+
+
+def _model_facts(model_proto: bytes) -> tuple[int, bytes]:
+    """(model type, precompiled normalization map) of a serialized SentencePiece ModelProto.
+
+    Reads protobuf's wire format directly (ModelProto field 2 = trainer_spec, whose field 3 = model_type;
+    field 3 = normalizer_spec, whose field 2 = precompiled_charsmap) so that protobuf is not needed.
+    An absent model_type means the proto default, unigram (1); an empty map means no normalization.
+    """
+    trainer = _proto_fields(model_proto).get(2, b"")
+    normalizer = _proto_fields(model_proto).get(3, b"")
+    return _proto_fields(trainer).get(3, 1), _proto_fields(normalizer).get(2, b"")
+
+
+def _proto_fields(message: bytes) -> dict[int, int | bytes]:
+    """The last value of each varint and length-delimited field of a protobuf message, by field number."""
+    fields: dict[int, int | bytes] = {}
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        value, shift = 0, 0
+        while True:
+            byte = message[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while pos < len(message):
+        key = varint()
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            fields[number] = varint()
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            size = varint()
+            fields[number] = message[pos : pos + size]
+            pos += size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire_type}")
+    return fields
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
+    """Open a temporary file beside path for writing; on success rename it over path, on error delete it.
+
+    Readers never see a half-written path, and a crash leaves at most a hidden .tmp file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

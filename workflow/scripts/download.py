@@ -1,0 +1,10 @@
+"""Rule download: fetch the TinyStories archive (resumable, retried, checked)."""
+
+import sys
+
+from tinyllm.data import download_archive, log_stderr_to
+
+smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
+log_stderr_to(smk.log[0])
+print(f"download: {smk.params.url} -> {smk.output[0]}", file=sys.stderr)
+download_archive(smk.params.url, smk.output[0], sha256=smk.params.sha256)
