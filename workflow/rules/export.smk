@@ -6,14 +6,14 @@ rule export_runc:
         ckpt=CKPT,
     output:
         EXPORT_RUNC,
-    params:
-        code=library_hash("model.py", "export.py"),
     log:
         "logs/export/runc.log",
     benchmark:
         "benchmarks/export/runc.tsv"
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=library_hash("model.py", "export.py", "tokenizer.py"),
     script:
         "../scripts/export_runc.py"
 
@@ -24,13 +24,13 @@ rule export_hf:
         tokenizer=TOK_MODEL,
     output:
         EXPORT_HF,
-    params:
-        code=library_hash("model.py", "export.py"),
     log:
         "logs/export/hf.log",
     benchmark:
         "benchmarks/export/hf.tsv"
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=library_hash("model.py", "export.py", "tokenizer.py"),
     script:
         "../scripts/export_hf.py"

@@ -7,15 +7,15 @@ rule sample:
         tokenizer=TOK_MODEL,
     output:
         report(SAMPLES, caption="../report/samples.rst", category="Samples"),
-    params:
-        sample=config["sample"],
-        code=library_hash("model.py", "generate.py", "tokenizer.py"),
-    threads: 2
     log:
         "logs/sample/sample.log",
     benchmark:
         "benchmarks/sample/sample.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: 2
+    params:
+        sample=config["sample"],
+        code=library_hash("model.py", "generate.py", "tokenizer.py"),
     script:
         "../scripts/sample.py"

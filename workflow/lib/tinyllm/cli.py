@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+DEFAULT_CHECKPOINT = "results/train/ckpt.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +17,94 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("groups", nargs="*", help="groups to run (pretokenize, train, sample); none = all")
     bench.add_argument("--threads", type=int, default=1, help="torch and tokenizer threads (default 1)")
     bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
+
+    sample = sub.add_parser(
+        "sample",
+        help="continue a prompt with the trained model",
+        description="Continue a prompt with a trained checkpoint (after the pipeline ran: results/).",
+    )
+    sample.add_argument(
+        "--prompt", default="", help='text to continue, or FILE:path to read it from a file ("" = from BOS)'
+    )
+    sample.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}")
+    sample.add_argument(
+        "--tokenizer",
+        help="SentencePiece model (default: results/tok{V}/tok{V}.model for the checkpoint's vocab size V)",
+    )
+    sample.add_argument("--num-samples", type=_positive_int, default=1, help="continuations (default 1)")
+    sample.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default 256")
+    sample.add_argument("--temperature", type=_non_negative_float, default=1.0, help="0 = greedy (default 1)")
+    sample.add_argument("--top-k", type=int, default=300, help="keep the k likeliest; 0 = all (default 300)")
+    sample.add_argument("--top-p", type=_probability, default=1.0, help="nucleus mass; 1.0 = off (default)")
+    sample.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
+    sample.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, ...")
+    sample.add_argument("--no-stop", action="store_true", help="keep going past the end-of-story token")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt text; FILE:path reads it from a file (a trailing newline is dropped)."""
+    if not prompt.startswith("FILE:"):
+        return prompt
+    path = Path(prompt.removeprefix("FILE:"))
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} not found")
+    return path.read_text(encoding="utf-8").rstrip("\n")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from tinyllm.generate import (
+        SampleError,
+        checkpoint_info,
+        default_tokenizer_path,
+        load_tokenizer,
+        resolve_device,
+        sample_texts,
+    )
+    from tinyllm.model import load_model
+
+    try:
+        prompt = read_prompt(args.prompt)
+        info = checkpoint_info(args.checkpoint)
+        vocab_size = info["model_args"]["vocab_size"]
+        tokenizer_path = args.tokenizer or default_tokenizer_path(args.checkpoint, vocab_size)
+        tokenizer = load_tokenizer(tokenizer_path, vocab_size, args.checkpoint)
+    except (SampleError, FileNotFoundError) as err:
+        print(f"tinyllm sample: {err}", file=sys.stderr)
+        return 2
+    model = load_model(args.checkpoint, resolve_device(args.device))
+    settings = {
+        "num_samples": args.num_samples,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k if args.top_k > 0 else None,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+    texts = sample_texts(model, tokenizer, prompt, settings, stop_at_eos=not args.no_stop)
+    print("\n---\n".join(texts))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         from tinyllm import bench
 
         bench.main(args.groups, args.threads, args.json)
+    elif args.command == "sample":
+        return run_sample(args)
     return 0
 
 

@@ -1,0 +1,128 @@
+"""The `tinyllm` command: `tinyllm sample` (defaults, flags, one-line errors); `bench` stays wired."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from tinyllm import cli
+from tinyllm.generate import generate
+from tinyllm.model import ModelArgs, Transformer
+from tinyllm.tokenizer import Tokenizer
+
+TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: a second thread gains nothing and stalls badly when the other cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(vocab_size: int = 512) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(**{**TINY, "vocab_size": vocab_size}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # spread the logits so greedy text varies
+    return model.eval()
+
+
+@pytest.fixture
+def results(tmp_path, small_tokenizer):
+    """A results/ folder as the pipeline leaves it: train/ckpt.pt and tok512/tok512.model."""
+    folder = tmp_path / "results"
+    (folder / "train").mkdir(parents=True)
+    (folder / "tok512").mkdir()
+    model = tiny_model()
+    torch.save(
+        {"model": model.state_dict(), "model_args": model.args.to_dict(), "iter_num": 5, "config": {}},
+        folder / "train" / "ckpt.pt",
+    )
+    shutil.copyfile(small_tokenizer, folder / "tok512" / "tok512.model")
+    return folder
+
+
+def test_sample_greedy_prints_what_generate_decodes(results, capsys):
+    argv = ["sample", "--prompt", "Once upon a time", "--checkpoint", str(results / "train" / "ckpt.pt")]
+    assert cli.main([*argv, "--temperature", "0", "--max-new-tokens", "12"]) == 0
+    tokenizer = Tokenizer(results / "tok512" / "tok512.model")  # found from the checkpoint's vocab size
+    prompt = tokenizer.encode("Once upon a time", bos=True, eos=False)
+    new = generate(tiny_model(), prompt, 12, temperature=0.0, eos_id=tokenizer.eos_id)[0]
+    assert capsys.readouterr().out == tokenizer.decode(prompt + new) + "\n"
+
+
+def test_sample_defaults_point_at_results_and_flags_apply(results, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompt.txt").write_text("One day, Lily met a Shoggoth\n")
+    argv = ["sample", "--prompt", "FILE:prompt.txt", "--num-samples", "3", "--max-new-tokens", "6"]
+    assert cli.main([*argv, "--seed", "4", "--top-k", "20", "--top-p", "0.9", "--device", "cpu"]) == 0
+    first = capsys.readouterr().out
+    samples = first.rstrip("\n").split("\n---\n")
+    assert len(samples) == 3 and all(s.startswith("One day, Lily met a Shoggoth") for s in samples)
+    assert cli.main([*argv, "--seed", "4", "--top-k", "20", "--top-p", "0.9"]) == 0
+    assert capsys.readouterr().out == first  # the seed makes the draws reproducible
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--temperature", "-1"), ("--top-p", "0"), ("--num-samples", "0"), ("--max-new-tokens", "x")],
+)
+def test_sample_rejects_bad_knobs(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sample", flag, value])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_one_line_error_without_traceback(tmp_path):
+    command = [sys.executable, "-m", "tinyllm.cli", "sample", "--prompt", "hi"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "results/train/ckpt.pt" in lines[0] and "snakemake --cores all" in lines[0]
+
+
+def test_mismatched_or_missing_tokenizer_is_named(results, tmp_path, capsys):
+    checkpoint = results / "train" / "ckpt.pt"
+    model = tiny_model(vocab_size=600)
+    torch.save({"model": model.state_dict(), "model_args": model.args.to_dict(), "iter_num": 1}, checkpoint)
+    tokenizer = results / "tok512" / "tok512.model"
+    argv = ["sample", "--checkpoint", str(checkpoint)]
+    assert cli.main([*argv, "--tokenizer", str(tokenizer)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"tokenizer {tokenizer} has 512 tokens but checkpoint {checkpoint}" in err
+    assert "results/tok600/tok600.model" in err
+    assert cli.main(argv) == 2  # the default for vocab 600 does not exist
+    assert "no tokenizer at results/tok600/tok600.model" in capsys.readouterr().err
+
+
+def test_missing_prompt_file_is_an_error(results, capsys):
+    argv = [
+        "sample",
+        "--checkpoint",
+        str(results / "train" / "ckpt.pt"),
+        "--prompt",
+        "FILE:/nonexistent/p.txt",
+    ]
+    assert cli.main(argv) == 2
+    assert "prompt file /nonexistent/p.txt not found" in capsys.readouterr().err
+
+
+def test_bench_still_parses_and_knows_the_sample_group(capsys):
+    from tinyllm.bench import GROUPS
+
+    assert "sample" in GROUPS
+    args = cli.build_parser().parse_args(["bench", "sample", "--threads", "1", "--json"])
+    assert (args.command, args.groups, args.threads, args.json) == ("bench", ["sample"], 1, True)
+    with pytest.raises(SystemExit, match="unknown group"):
+        cli.main(["bench", "no-such-group"])

@@ -1,0 +1,296 @@
+"""tinyllm.generate: sampling knobs, the KV-cached decoder against the no-cache reference, samples files."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+from tinyllm import generate as gen
+from tinyllm.data import load_stories
+from tinyllm.generate import Decoder, SampleError, generate, sample_next_token, write_samples
+from tinyllm.model import KVCache, ModelArgs, Transformer
+from tinyllm.tokenizer import Tokenizer
+
+TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
+
+
+def random_model(seed: int = 0, scale: float = 1.0, **overrides) -> Transformer:
+    """Random weights; scale > 1 sharpens the logits so greedy decoding does not collapse to one token."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelArgs(**{**TINY, **overrides}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):  # gains off 1, so folding them into the matrices is tested
+                p.uniform_(0.5, 1.5)
+            else:
+                p.mul_(scale)
+    return model.eval()
+
+
+def save_checkpoint(model: Transformer, path, iter_num: int = 7) -> None:
+    checkpoint = {
+        "model": model.state_dict(),
+        "model_args": model.args.to_dict(),
+        "iter_num": iter_num,
+        "config": {"model": model.args.to_dict()},
+    }
+    torch.save(checkpoint, path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: a second thread gains nothing and stalls badly when the other cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(shards_dir, small_tokenizer) -> tuple[Transformer, Tokenizer]:
+    """A tiny model trained for 200 steps on real stories, so greedy text is not one repeated token."""
+    tokenizer = Tokenizer(small_tokenizer)
+    stories = load_stories(shards_dir / "data01.json")[:300]
+    ids = torch.tensor([t for s in stories for t in tokenizer.encode(s, bos=True, eos=True)])
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(**TINY))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    seq = TINY["max_seq_len"]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        starts = torch.randint(0, len(ids) - seq - 1, (16,), generator=generator)
+        x = torch.stack([ids[s : s + seq] for s in starts.tolist()])
+        y = torch.stack([ids[s + 1 : s + seq + 1] for s in starts.tolist()])
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 4.0, f"tiny model did not learn (loss {loss.item():.2f})"
+    return model.eval(), tokenizer
+
+
+def greedy_reference_with_window(model: Transformer, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy tokens under the cached path's sliding-window policy, each from a full forward of its context.
+
+    The context starts at 0; when it holds max_seq_len tokens and another is needed, it restarts at the
+    newest max_seq_len // 2 tokens.
+    """
+    max_len, keep = model.args.max_seq_len, model.args.max_seq_len // 2
+    seq = list(prompt)
+    start = max(0, len(seq) - max_len)
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            if len(seq) - start > max_len:
+                start = len(seq) - keep
+            logits, _ = model(torch.tensor([seq[start:]]))
+            seq.append(int(logits[0, -1].argmax()))
+    return seq[len(prompt) :]
+
+
+# --- sample_next_token -------------------------------------------------------------------------------------
+
+
+def test_temperature_zero_is_argmax():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.9], [5.0, 0.0, 0.0, 0.0]])
+    assert sample_next_token(logits, temperature=0.0).tolist() == [1, 0]
+
+
+def test_top_k_and_top_p_restrict_the_candidates():
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    logits = probs.log().expand(4000, -1)
+    drawn = set(sample_next_token(logits, 1.0, top_k=2, generator=generator).tolist())
+    assert drawn == {1, 3}
+    # Mass before each candidate (sorted): 0, 0.5, 0.8, 0.95 -> top_p 0.7 keeps the first two.
+    drawn = set(sample_next_token(logits, 1.0, top_p=0.7, generator=generator).tolist())
+    assert drawn == {1, 3}
+    assert set(sample_next_token(logits, 1.0, top_p=0.5, generator=generator).tolist()) == {1}
+    assert set(sample_next_token(logits, 1.0, top_k=3, top_p=0.85, generator=generator).tolist()) == {1, 2, 3}
+
+
+def test_draws_follow_the_tempered_distribution():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.tensor([1.0, 2.0, 0.0, 1.5])
+    for temperature in (1.0, 0.5):
+        drawn = sample_next_token(logits.expand(40000, -1), temperature, generator=generator)
+        frequencies = torch.bincount(drawn, minlength=4).float() / len(drawn)
+        expected = torch.softmax(logits / temperature, dim=-1)
+        assert torch.allclose(frequencies, expected, atol=0.01), (frequencies, expected)
+
+
+# --- the cached decoder against the model ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 3])  # batch 1 takes the scalar-norm fast path
+def test_decoder_logits_match_the_full_forward(batch):
+    model = random_model(seed=batch, scale=3.0)
+    tokens = torch.randint(
+        0, TINY["vocab_size"], (batch, TINY["max_seq_len"]), generator=torch.Generator().manual_seed(2)
+    )
+    with torch.no_grad():
+        reference, _ = model(tokens)
+    decoder = Decoder(model, batch)
+    logits = [decoder.prefill(tokens[:, :5])]
+    logits += [decoder.step(tokens[:, pos], pos) for pos in range(5, tokens.shape[1])]
+    error = (torch.stack(logits, dim=1) - reference[:, 4:]).abs().max().item()
+    assert error < 1e-4, error
+    with pytest.raises(ValueError, match="past max_seq_len"):
+        decoder.step(tokens[:, 0], TINY["max_seq_len"])
+
+
+def test_model_kv_cache_path_matches_the_full_forward():
+    model = random_model(seed=4, scale=3.0)
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference, _ = model(tokens)
+        cache = KVCache(model.args, 2, TINY["max_seq_len"])
+        first, _ = model(tokens[:, :10], cache=cache)
+        middle, _ = model(tokens[:, 10:13], cache=cache, start_pos=10)  # a block after a prefix: masked
+        rest = [model(tokens[:, p : p + 1], cache=cache, start_pos=p)[0] for p in range(13, 30)]
+    assert (torch.cat([first, middle, *rest], dim=1) - reference).abs().max().item() < 1e-4
+
+
+# --- generate: cached path equals the reference ------------------------------------------------------------
+
+
+def test_greedy_with_cache_equals_reference_on_a_trained_model(trained):
+    model, tokenizer = trained
+    prompt = tokenizer.encode("Once upon a time, there was a little", bos=True, eos=False)
+    new_tokens = TINY["max_seq_len"] - len(prompt)
+    cached = generate(model, prompt, new_tokens, temperature=0.0)
+    reference = generate(model, prompt, new_tokens, temperature=0.0, use_cache=False)
+    assert cached == reference
+    assert len(set(cached[0])) > 10, tokenizer.decode(cached[0])  # real text, not a loop of one token
+
+
+def test_greedy_with_cache_equals_reference_on_random_weights_in_a_batch():
+    model = random_model(seed=5, scale=4.0, dim=96, n_heads=6, n_kv_heads=3, vocab_size=300, max_seq_len=48)
+    prompt = [1, 17, 42]
+    cached = generate(model, prompt, 45, num_samples=3, temperature=0.0)
+    reference = generate(model, prompt, 45, num_samples=1, temperature=0.0, use_cache=False)
+    assert cached == reference * 3
+    assert len(set(cached[0])) > 3
+
+
+def test_sampling_draws_the_same_tokens_with_and_without_cache(trained):
+    model, _ = trained
+    kwargs = dict(num_samples=2, temperature=0.9, top_k=40, top_p=0.95, seed=11)
+    cached = generate(model, [1, 100, 200], 40, **kwargs)
+    assert cached == generate(model, [1, 100, 200], 40, use_cache=False, **kwargs)
+    assert cached[0] != cached[1]  # the batch's samples are independent draws
+    assert cached == generate(model, [1, 100, 200], 40, **kwargs)  # the seed makes them reproducible
+    assert cached != generate(model, [1, 100, 200], 40, **{**kwargs, "seed": 12})
+
+
+def test_past_max_seq_len_the_cache_slides_by_half_a_window(trained):
+    model, tokenizer = trained
+    prompt = tokenizer.encode("One day, a girl named Lily went to the park.", bos=True, eos=False)
+    new_tokens = 2 * TINY["max_seq_len"] + 10  # two window slides
+    cached = generate(model, prompt, new_tokens, temperature=0.0)[0]
+    assert cached == greedy_reference_with_window(model, prompt, new_tokens)
+    # The reference crops to the last max_seq_len tokens at every step: equal until the first slide.
+    reference = generate(model, prompt, new_tokens, temperature=0.0, use_cache=False)[0]
+    assert len(reference) == new_tokens
+    first_slide = TINY["max_seq_len"] - len(prompt) + 1
+    assert cached[:first_slide] == reference[:first_slide]
+
+
+def test_a_prompt_longer_than_max_seq_len_keeps_its_end(trained):
+    model, _ = trained
+    prompt = [1] + list(range(300, 300 + TINY["max_seq_len"] + 20))
+    cached = generate(model, prompt, 5, temperature=0.0)[0]
+    # Both start from the prompt's last max_seq_len tokens; then the cache, full, slides by half a window.
+    assert cached[0] == generate(model, prompt, 1, temperature=0.0, use_cache=False)[0][0]
+    assert cached == greedy_reference_with_window(model, prompt, 5)
+
+
+def test_each_sample_stops_at_its_own_eos():
+    model = random_model(seed=6, scale=3.0)
+    kwargs = dict(num_samples=4, temperature=1.0, seed=3)
+    free = generate(model, [1], 30, **kwargs)
+    # An "EOS" that the samples reach at different steps (or never), so stopping must be per sequence.
+    eos = next(t for t in free[0] if len({row.index(t) if t in row else None for row in free}) > 1)
+    stopped = generate(model, [1], 30, eos_id=eos, **kwargs)
+    assert stopped == [row[: row.index(eos)] if eos in row else row for row in free]
+    assert len({len(row) for row in stopped}) > 1
+
+
+def test_decoding_stops_once_every_sample_ended():
+    model = random_model(seed=7, scale=3.0)
+    first = generate(model, [1, 5], 1, num_samples=2, temperature=0.0)[0][0]
+    with mock.patch.object(gen.Decoder, "step", autospec=True, side_effect=gen.Decoder.step) as step:
+        assert generate(model, [1, 5], 50, num_samples=2, temperature=0.0, eos_id=first) == [[], []]
+    assert step.call_count == 0
+
+
+def test_the_decoder_is_reused_until_the_weights_change():
+    model = random_model(seed=8, scale=3.0)
+    assert gen.decoder_for(model, 2) is gen.decoder_for(model, 2)
+    assert gen.decoder_for(model, 1) is not gen.decoder_for(model, 2)
+    before = gen.decoder_for(model, 1)
+    first = generate(model, [1, 9], 20, temperature=0.0)
+    with torch.no_grad():
+        model.layers[1].feed_forward.w2.weight.mul_(-1.0)  # in place: same tensor, new version
+    assert gen.decoder_for(model, 1) is not before
+    changed = generate(model, [1, 9], 20, temperature=0.0)
+    assert changed == generate(model, [1, 9], 20, temperature=0.0, use_cache=False)
+    assert changed != first
+
+
+def test_generate_leaves_the_model_mode_and_rejects_an_empty_prompt():
+    model = random_model().train()
+    generate(model, [1], 3)
+    assert model.training
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, [], 3)
+
+
+# --- the samples file --------------------------------------------------------------------------------------
+
+
+def test_write_samples_writes_a_header_and_every_sample(trained, small_tokenizer, tmp_path):
+    model, tokenizer = trained
+    checkpoint = tmp_path / "train" / "ckpt.pt"
+    checkpoint.parent.mkdir()
+    save_checkpoint(model, checkpoint, iter_num=250)
+    settings = dict(
+        prompts=["Once upon a time", ""],
+        num_samples=2,
+        max_new_tokens=20,
+        temperature=0.8,
+        top_k=50,
+        top_p=0.9,
+        seed=5,
+    )
+    output = write_samples(checkpoint, small_tokenizer, tmp_path / "out" / "samples.txt", settings, "cpu")
+    text = output.read_text()
+    assert text.startswith(f"# checkpoint: {checkpoint} (iteration 250)\n")
+    header = text.splitlines()[1]
+    for knob in ("temperature: 0.8", "top_k: 50", "top_p: 0.9", "seed: 5", "max_new_tokens: 20"):
+        assert knob in header
+    sections = text.split("\n## ")[1:]
+    assert [s.splitlines()[0] for s in sections] == [
+        "prompt 1, sample 1",
+        "prompt 1, sample 2",
+        "prompt 2, sample 1",
+        "prompt 2, sample 2",
+    ]
+    assert all(s.splitlines()[1].startswith("Once upon a time") for s in sections[:2])
+    assert sorted(p.name for p in output.parent.iterdir()) == ["samples.txt"]  # no temporary files left
+    # Same settings, same file.
+    again = write_samples(checkpoint, small_tokenizer, tmp_path / "again.txt", settings, "cpu")
+    assert again.read_text() == text
+
+
+def test_write_samples_refuses_a_mismatched_tokenizer_or_missing_checkpoint(small_tokenizer, tmp_path):
+    model = random_model(vocab_size=600)
+    save_checkpoint(model, tmp_path / "ckpt.pt")
+    settings = dict(
+        prompts=["x"], num_samples=1, max_new_tokens=2, temperature=0.0, top_k=None, top_p=1.0, seed=0
+    )
+    with pytest.raises(SampleError, match="has 512 tokens but checkpoint .* vocab_size 600"):
+        write_samples(tmp_path / "ckpt.pt", small_tokenizer, tmp_path / "s.txt", settings)
+    with pytest.raises(SampleError, match="no checkpoint at .*missing.pt.*snakemake"):
+        write_samples(tmp_path / "missing.pt", small_tokenizer, tmp_path / "s.txt", settings)
+    assert not (tmp_path / "s.txt").exists()

@@ -1,0 +1,16 @@
+"""Rule sample: num_samples continuations of each configured prompt from the trained model."""
+
+import sys
+
+import torch
+from tinyllm.data import log_stderr_to
+from tinyllm.generate import resolve_device, write_samples
+
+smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
+log_stderr_to(smk.log[0])
+torch.set_num_threads(smk.threads)
+device = resolve_device("auto")
+settings = dict(smk.params.sample)
+print(f"sample: {smk.input.ckpt} on {device}, {smk.threads} thread(s), {settings}", file=sys.stderr)
+write_samples(smk.input.ckpt, smk.input.tokenizer, smk.output[0], settings, device=device)
+print(f"sample: wrote {smk.output[0]}", file=sys.stderr)
