@@ -16,6 +16,9 @@ from tinyllm.config import ConfigError, validate_config
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 try:
     validate_config(config)  # fills defaults from workflow/schemas/config.schema.yaml
 except ConfigError as err:
@@ -28,11 +31,21 @@ include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/report.smk"
+
+
+# Light rules run on the submit host under a cluster executor (profiles/slurm); download needs its internet.
+localrules:
+    download,
+    extract,
+    tiny_txt,
 
 
 rule all:
+    default_target: True
     input:
         SAMPLES,
         EXPORT_RUNC,
         EXPORT_HF,
-    default_target: True
+        REPORT_SUMMARY,
+        REPORT_CONFIG,

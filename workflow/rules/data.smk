@@ -4,15 +4,15 @@
 rule download:
     output:
         ARCHIVE,
-    params:
-        url=config["data"]["url"],
-        sha256=config["data"]["sha256"],
     log:
         "logs/download/download.log",
     benchmark:
         "benchmarks/download/download.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        url=config["data"]["url"],
+        sha256=config["data"]["sha256"],
     script:
         "../scripts/download.py"
 

@@ -8,18 +8,18 @@ rule tokenizer:
         model=TOK_MODEL,
         vocab=TOK_VOCAB,
         runc=TOK_BIN,
-    params:
-        vocab_size=VOCAB,
-        input_sentence_size=config["tokenizer"]["input_sentence_size"],
-        shuffle_input_sentence=config["tokenizer"]["shuffle_input_sentence"],
-        code=library_hash("tokenizer.py"),
-    threads: 8
     log:
         f"logs/tokenizer/tok{VOCAB}.log",
     benchmark:
         f"benchmarks/tokenizer/tok{VOCAB}.tsv"
     conda:
         "../../envs/data.yaml"
+    threads: 8
+    params:
+        vocab_size=VOCAB,
+        input_sentence_size=config["tokenizer"]["input_sentence_size"],
+        shuffle_input_sentence=config["tokenizer"]["shuffle_input_sentence"],
+        code=library_hash("tokenizer.py"),
     script:
         "../scripts/tokenizer.py"
 
@@ -30,13 +30,13 @@ rule pretokenize:
         tokenizer=TOK_MODEL,
     output:
         SHARD_BIN,
-    params:
-        code=library_hash("tokenizer.py", "data.py"),
     log:
         f"logs/pretokenize/tok{VOCAB}/data{{shard}}.log",
     benchmark:
         f"benchmarks/pretokenize/tok{VOCAB}/data{{shard}}.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        code=library_hash("tokenizer.py", "data.py"),
     script:
         "../scripts/pretokenize.py"

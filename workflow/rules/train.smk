@@ -1,6 +1,7 @@
 # Pretokenized shards -> a trained model (final and best-val weights, metrics, loss curve).
 # Resumable: the training state lives in results/train/state/, which is not a declared output, so
 # Snakemake keeps it when a job fails or is killed and the next run picks it up.
+# With train.gpus > 1 the script starts torchrun with that many data-parallel ranks on this node.
 
 
 rule train:
@@ -16,19 +17,19 @@ rule train:
             caption="../report/loss.rst",
             category="Training",
         ),
-    params:
-        model=config["model"],
-        train=config["train"],
-        state_dir=f"{TRAIN_DIR}/state",
-        code=library_hash("model.py", "train.py", "data.py"),
-    threads: 8
-    resources:
-        gpu=config["train"]["gpus"],
     log:
         "logs/train/train.log",
     benchmark:
         "benchmarks/train/train.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: 8
+    resources:
+        gpu=config["train"]["gpus"],
+    params:
+        model=config["model"],
+        train=config["train"],
+        state_dir=f"{TRAIN_DIR}/state",
+        code=library_hash("model.py", "train.py", "data.py"),
     script:
         "../scripts/train.py"

@@ -3,10 +3,13 @@
 import sys
 from pathlib import Path
 
-from tinyllm.data import log_stderr_to
-from tinyllm.export import export_hf
-
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
+# Conda envs run without PYTHONPATH: find the library beside this script.
+sys.path.insert(0, str(Path(smk.scriptdir).parent / "lib"))
+
+from tinyllm.data import log_stderr_to  # noqa: E402
+from tinyllm.export import export_hf  # noqa: E402
+
 log_stderr_to(smk.log[0])
 folder = Path(smk.output[0]).parent
 if {Path(p).parent for p in smk.output} != {folder}:

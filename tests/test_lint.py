@@ -1,0 +1,144 @@
+"""Static checks of the workflow: Snakemake's linter, snakefmt, ruff, rule conventions, the DAG pictures."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's tools, as `.venv/bin/...` or an activated venv finds them
+RULEGRAPH_SVG = REPO / "docs" / "rulegraph.svg"
+RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+def run(cmd: list[str], cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def snakemake(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """snakemake on the default config.yaml, in an empty working directory."""
+    cmd = [tool("snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    return run([*cmd, "--configfile", str(REPO / "config.yaml"), *args], cwd=tmp_path)
+
+
+def test_snakemake_lint_has_no_findings(tmp_path):
+    out = snakemake(tmp_path, "--lint")
+    assert out.returncode == 0, f"snakemake --lint:\n{out.stdout}\n{out.stderr}"
+
+
+def test_snakefmt_check():
+    out = run([tool("snakefmt"), "--check", "."])
+    assert out.returncode == 0, f"snakefmt --check . (fix with `snakefmt .`):\n{out.stdout}\n{out.stderr}"
+
+
+def test_ruff_check():
+    out = run([tool("ruff"), "check", "."])
+    assert out.returncode == 0, f"ruff check .:\n{out.stdout}\n{out.stderr}"
+
+
+def rule_blocks(text: str) -> dict[str, str]:
+    """rule name -> the text of its block (up to the next top-level statement)."""
+    blocks = {}
+    for m in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, flags=re.M):
+        blocks[m.group(1)] = m.group(2)
+    return blocks
+
+
+def test_every_rule_has_log_benchmark_and_a_conda_env():
+    rules = {name: body for f in RULE_FILES for name, body in rule_blocks(f.read_text()).items()}
+    assert {"download", "train", "sample", "report_summary"} <= set(rules), sorted(rules)
+    envs = {p.name for p in (REPO / "envs").glob("*.yaml")}
+    for name, body in rules.items():
+        if name == "all":  # the target rule runs nothing
+            continue
+        for directive in ("log", "benchmark", "conda"):
+            assert re.search(rf"^\s+{directive}:", body, flags=re.M), f"rule {name} has no {directive}:"
+        env = re.search(r"^\s+conda:\s*\n\s+\"(?:\.\./)*envs/([^\"]+)\"", body, flags=re.M)
+        assert env and env.group(1) in envs, f"rule {name}: conda env is not one of envs/ {sorted(envs)}"
+
+
+def test_every_script_sends_its_stderr_to_the_rule_log():
+    scripts = sorted((REPO / "workflow" / "scripts").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        # tinyllm.data.log_stderr_to (stderr of Python and native code) or a plain reassignment of sys.stderr.
+        assert re.search(r"log_stderr_to\(\s*\w+\.log\[0\]|sys\.stderr\s*=\s*open\(\s*\w+\.log\[0\]", text), (
+            f"{script.name} does not route its stderr into the rule's log"
+        )
+
+
+# --- the DAG pictures ---------------------------------------------------------------------------------------
+
+
+def dot_graph(dot: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """Rules and edges of `snakemake --rulegraph` output (nodes are numbered, labelled by rule)."""
+    labels = dict(re.findall(r"^\s*(\d+)\s*\[\s*label\s*=\s*\"([^\"]+)\"", dot, flags=re.M))
+    edges = {(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+)\s*->\s*(\d+)", dot, flags=re.M)}
+    return set(labels.values()), edges
+
+
+def svg_graph(svg: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """Rules and edges of a graphviz SVG: each node's <title> is its id and its <text> the label."""
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    root = ET.fromstring(svg)
+    labels, edge_titles = {}, []
+    for g in root.iter("{http://www.w3.org/2000/svg}g"):
+        title = g.find("svg:title", ns)
+        if title is None:
+            continue
+        if g.get("class") == "node":
+            labels[title.text.strip()] = " ".join(t.text.strip() for t in g.findall("svg:text", ns) if t.text)
+        elif g.get("class") == "edge":
+            edge_titles.append(title.text.strip())
+    edges = set()
+    for title in edge_titles:
+        a, b = re.split(r"\s*->\s*", title)
+        edges.add((labels[a], labels[b]))
+    return set(labels.values()), edges
+
+
+def test_rulegraph_is_plain_dot(tmp_path):
+    out = snakemake(tmp_path, "--rulegraph")
+    assert out.returncode == 0, out.stderr
+    # Piped into `dot`: anything printed on stdout while the Snakefile is parsed would break the graph.
+    assert out.stdout.lstrip().startswith("digraph"), out.stdout[:500]
+    rules, edges = dot_graph(out.stdout)
+    assert {"download", "extract", "tiny_txt", "tokenizer", "pretokenize", "train", "sample"} <= rules
+    assert ("tokenizer", "pretokenize") in edges and ("pretokenize", "train") in edges
+
+
+def test_committed_rulegraph_is_current(tmp_path):
+    """docs/rulegraph.svg shows the rules and edges of the workflow as it is (redraw: .ci/rulegraph.sh)."""
+    out = snakemake(tmp_path, "--rulegraph")
+    assert out.returncode == 0, out.stderr
+    now = dot_graph(out.stdout)
+    committed = svg_graph(RULEGRAPH_SVG.read_text())
+    assert committed == now, (
+        "docs/rulegraph.svg is stale; redraw it with .ci/rulegraph.sh\n"
+        f"rules only in the picture: {committed[0] - now[0]}, only in the workflow: {now[0] - committed[0]}\n"
+        f"edges only in the picture: {committed[1] - now[1]}, only in the workflow: {now[1] - committed[1]}"
+    )
+
+
+@pytest.mark.parametrize("graph", ["--dag", "--rulegraph"])
+def test_graphs_render_with_graphviz(tmp_path, graph):
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz's dot is not installed (apt-get install graphviz)")
+    out = snakemake(tmp_path, graph)
+    assert out.returncode == 0, out.stderr
+    svg = subprocess.run(["dot", "-Tsvg"], input=out.stdout, capture_output=True, text=True, timeout=120)
+    assert svg.returncode == 0, svg.stderr
+    rules, _ = svg_graph(svg.stdout)
+    assert "train" in " ".join(rules), rules

@@ -1,0 +1,45 @@
+# Report pieces that are not outputs of another stage: the final losses and the config a run used.
+# `snakemake --report report.html` gathers them with loss.png, samples.txt and the rule graph.
+
+REPORT_SUMMARY = "results/report/summary.html"
+REPORT_CONFIG = "results/report/config.yaml"
+
+
+# Both read a few kB and write less: not worth a cluster job.
+localrules:
+    report_summary,
+    report_config,
+
+
+rule report_summary:
+    input:
+        metrics=f"{TRAIN_DIR}/metrics.csv",
+    output:
+        report(REPORT_SUMMARY, caption="../report/summary.rst", category="Training"),
+    log:
+        "logs/report/summary.log",
+    benchmark:
+        "benchmarks/report/summary.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        code=library_hash("report.py"),
+    script:
+        "../scripts/report_summary.py"
+
+
+rule report_config:
+    output:
+        report(REPORT_CONFIG, caption="../report/config.rst", category="Configuration"),
+    log:
+        "logs/report/config.log",
+    benchmark:
+        "benchmarks/report/config.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        # The whole validated config: any edit rewrites this file.
+        config=config,
+        code=library_hash("report.py"),
+    script:
+        "../scripts/report_config.py"
