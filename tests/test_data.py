@@ -230,6 +230,15 @@ def test_splits_read_their_own_shards(bin_dir):
     assert set((train // 10_000).unique().tolist()) == {1, 2}
 
 
+def test_an_explicit_shard_list_ignores_other_shards_in_the_folder(bin_dir):
+    """The train rule passes its inputs: shards of an earlier run with more data.shards must not leak in."""
+    chosen = [bin_dir / "data00.bin", bin_dir / "data01.bin"]
+    train = torch.cat([x for x, _ in take(iter_batches(chosen, "train", 8, 32, "cpu"), 20)])
+    assert set((train // 10_000).unique().tolist()) == {1}
+    with pytest.raises(FileNotFoundError, match="no pretokenized shards for the 'train' split"):
+        iter_batches(chosen[:1], "train", 8, 32, "cpu").__next__()
+
+
 def test_same_seed_same_stream_and_resume_matches(bin_dir):
     full = take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=7), 10)
     assert_same_stream(full, take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=7), 10))

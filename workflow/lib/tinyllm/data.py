@@ -424,15 +424,23 @@ SPLITS = ("train", "val")
 # --- batches for training ----------------------------------------------------------------------------------
 
 
-def split_shards(bin_dir: str | os.PathLike, split: str) -> list[Path]:
-    """The pretokenized shards of one split: data00.bin is "val", every other data*.bin is "train"."""
+def split_shards(bin_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str) -> list[Path]:
+    """The pretokenized shards of one split: data00.bin is "val", every other data*.bin is "train".
+
+    bin_dir is a folder (every data*.bin in it) or an explicit list of .bin files, as the train rule passes
+    its inputs: a folder may still hold shards of an earlier run with more data.shards.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    bin_dir = Path(bin_dir)
-    shards = sorted(bin_dir.glob("data*.bin"))
+    if isinstance(bin_dir, (str, os.PathLike)):
+        where = Path(bin_dir)
+        shards = sorted(where.glob("data*.bin"))
+    else:
+        shards = sorted(Path(p) for p in bin_dir)
+        where = shards[0].parent if shards else Path(".")
     chosen = [p for p in shards if (p.name == VAL_SHARD) == (split == "val")]
     if not chosen:
-        raise FileNotFoundError(f"{bin_dir}: no pretokenized shards for the {split!r} split (data*.bin)")
+        raise FileNotFoundError(f"{where}: no pretokenized shards for the {split!r} split (data*.bin)")
     return chosen
 
 
@@ -450,7 +458,7 @@ class PretokDataset:
 
     def __init__(
         self,
-        bin_dir: str | os.PathLike,
+        bin_dir: str | os.PathLike | Sequence[str | os.PathLike],  # a folder of data*.bin or the files
         split: str,
         max_seq_len: int,
         seed: int = 1337,
@@ -466,7 +474,7 @@ class PretokDataset:
             raise ValueError("max_seq_len and batch_size must be >= 1 and start_batch >= 0")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.bin_dir = Path(bin_dir)
+        self.bin_dir = bin_dir
         self.split = split
         self.max_seq_len = max_seq_len
         self.seed = seed
@@ -479,8 +487,8 @@ class PretokDataset:
         short = [p.name for p, n in zip(self.shards, lengths, strict=True) if n < max_seq_len + 1]
         if short:
             raise ValueError(
-                f"{self.bin_dir}: shard {short[0]} holds fewer than max_seq_len + 1 = {max_seq_len + 1} "
-                "tokens"
+                f"{self.shards[0].parent}: shard {short[0]} holds fewer than "
+                f"max_seq_len + 1 = {max_seq_len + 1} tokens"
             )
         # A window of max_seq_len + 1 tokens can start at 0 .. n - max_seq_len - 1 in a shard of n tokens.
         self._window_starts = lengths - max_seq_len
@@ -524,7 +532,7 @@ class PretokDataset:
 
 
 def iter_batches(
-    bin_dir: str | os.PathLike,
+    bin_dir: str | os.PathLike | Sequence[str | os.PathLike],
     split: str,
     batch_size: int,
     max_seq_len: int,

@@ -1,0 +1,273 @@
+"""The training loop: schedule, optimizer groups, checkpoints, exact resume after SIGKILL, divergence."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tinyllm import train as training
+from tinyllm.config import validate_config
+from tinyllm.data import load_stories
+from tinyllm.model import Transformer, load_model
+from tinyllm.tokenizer import Tokenizer, train_tokenizer
+
+LIB_DIR = Path(training.__file__).resolve().parents[1]
+
+
+def build_tiny_data(shards_dir: Path, folder: Path, vocab_size: int = 512) -> tuple[Path, Path]:
+    """A small tokenizer and pretokenized val/train shards (data00.bin, data01.bin) from the test stories."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stories = {split: load_stories(shards_dir / f"data{split:02d}.json")[:limit]
+               for split, limit in ((0, 150), (1, 600))}  # fmt: skip
+    text = folder / "tiny.txt"
+    text.write_text("".join(story + "\n" for story in stories[0] + stories[1]), encoding="utf-8")
+    model = train_tokenizer(text, folder / "tok", vocab_size, input_sentence_size=0, quiet=True)
+    tokenizer = Tokenizer(model)
+    for split, texts in stories.items():
+        ids = tokenizer.encode_concat(texts, bos=True, eos=False)
+        ids.astype("<u2").tofile(folder / f"data{split:02d}.bin")
+    return folder, model
+
+
+def tiny_config(**train_overrides) -> dict:
+    config = validate_config({
+        "model": {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16,
+                  "max_seq_len": 32, "dropout": 0.1},
+        "train": {"batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 3e-3, "max_iters": 24,
+                  "warmup_iters": 4, "eval_interval": 8, "eval_iters": 2, "log_interval": 2, "device": "cpu",
+                  "dtype": "bfloat16", **train_overrides},
+    })  # fmt: skip
+    return {"model": config["model"], "train": config["train"]}
+
+
+def run_settings(config: dict, data: tuple[Path, Path], out: Path) -> dict:
+    bin_dir, tokenizer = data
+    return {
+        "config": config, "bin_dir": str(bin_dir), "tokenizer_model": str(tokenizer),
+        "state_dir": str(out / "state"), "ckpt_path": str(out / "ckpt.pt"), "best_path": str(out / "best.pt"),
+        "metrics_path": str(out / "metrics.csv"), "plot_path": str(out / "loss.png"), "threads": 1,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_data(shards_dir, tmp_path_factory):
+    return build_tiny_data(shards_dir, tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    """One uninterrupted tiny training run: (its output folder, the summary train returned)."""
+    out = tmp_path_factory.mktemp("finished_run")
+    return out, training.train(**run_settings(tiny_config(), tiny_data, out))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- schedule and optimizer --------------------------------------------------------------------------------
+
+
+def test_lr_schedule_warmup_peak_cosine_min():
+    cfg = {"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 9, "max_iters": 109, "decay_lr": True}
+    lrs = [training.get_lr(it, cfg) for it in range(cfg["max_iters"] + 5)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4)  # linear: (it + 1) / 10 of peak
+    assert lrs[9] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
+    assert lrs[59] == pytest.approx((1e-3 + 1e-4) / 2)  # half way through the decay: the mean of peak and min
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[108] == pytest.approx(1e-4, rel=1e-2) and lrs[109:] == [pytest.approx(1e-4)] * 5
+    assert {training.get_lr(it, {**cfg, "decay_lr": False}) for it in (0, 9, 50, 200)} == {1e-3}
+
+
+def test_weight_decay_only_on_matrices():
+    torch.manual_seed(0)
+    model = Transformer(training.ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64))
+    optimizer = training.configure_optimizer(model, tiny_config()["train"], torch.device("cpu"))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert any(p is model.tok_embeddings.weight for p in decay["params"])  # tied: listed once
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    norms = 2 * 2 + 1  # attention_norm and ffn_norm per layer, and the final norm
+    assert len(no_decay["params"]) == norms
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    training.save_atomic({"rng": training.rng_state()}, tmp_path / "rng.pt")
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    training.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
+    assert [p.name for p in tmp_path.iterdir()] == ["rng.pt"]  # no temporary file left behind
+
+
+def test_checkpoints_round_trip(finished_run):
+    out, summary = finished_run
+    for name in ("ckpt.pt", "best.pt"):
+        checkpoint = torch.load(out / name, weights_only=True)
+        assert {"model", "model_args", "iter_num", "config", "val_loss"} <= set(checkpoint)
+        assert all(t.dtype == torch.float32 for t in checkpoint["model"].values())
+        assert not any(k.startswith(("_orig_mod.", "module.")) for k in checkpoint["model"])
+        assert checkpoint["config"] == tiny_config()
+        model = load_model(out / name)
+        assert model.args.to_dict() == checkpoint["model_args"]
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in checkpoint["model"].items())
+    final = torch.load(out / "ckpt.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert final["iter_num"] == 24 and final["val_loss"] == pytest.approx(summary["val_loss"])
+    assert best["val_loss"] == pytest.approx(summary["best_val_loss"])
+    assert best["val_loss"] <= final["val_loss"]
+    state = torch.load(out / "state" / "state.pt", weights_only=True)
+    assert state["iter_num"] == 24 and state["data_batch"] == 24 * 2
+    assert set(state) >= {"model", "optimizer", "rng", "config", "model_args", "best_val_loss", "metrics"}
+
+
+def test_metrics_and_plot_are_written(finished_run):
+    out, summary = finished_run
+    rows = read_metrics(out / "metrics.csv")
+    assert list(rows[0]) == list(training.METRIC_COLUMNS)
+    evals = [r for r in rows if r["event"] == "eval"]
+    steps = [r for r in rows if r["event"] == "train"]
+    assert [int(r["iter"]) for r in evals] == [0, 8, 16, 24]
+    assert [int(r["iter"]) for r in steps] == list(range(2, 25, 2))
+    assert all(int(r["tokens"]) == int(r["iter"]) * 4 * 32 * 2 for r in rows)
+    ratio = summary["tokens_per_byte"] / math.log(2)
+    for row in evals:
+        assert float(row["val_bpb"]) == pytest.approx(float(row["val_loss"]) * ratio)
+    assert float(evals[-1]["val_loss"]) < float(evals[0]["val_loss"]) - 0.3  # it learned something
+    assert all(float(r["tokens_per_s"]) > 0 and 0 < float(r["mfu"]) < 1 for r in steps)
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_val_tokens_per_byte_matches_the_text(tiny_data, shards_dir):
+    bin_dir, model = tiny_data
+    tokenizer = Tokenizer(model)
+    stories = load_stories(shards_dir / "data00.json")[:150]
+    expected = (np.fromfile(bin_dir / "data00.bin", dtype="<u2").size
+                / sum(len(s.encode("utf-8")) for s in stories))  # fmt: skip
+    measured = training.val_tokens_per_byte(bin_dir / "data00.bin", tokenizer)
+    assert measured == pytest.approx(expected, rel=1e-3)
+
+
+# --- resume ------------------------------------------------------------------------------------------------
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {lib!r})
+import json
+from tinyllm import train as training
+
+real_iter_batches = training.iter_batches
+
+def slow_iter_batches(*args, **kwargs):
+    # Slow the run down so the parent's SIGKILL lands mid-training, after the first state checkpoint.
+    for batch in real_iter_batches(*args, **kwargs):
+        time.sleep(0.03)
+        yield batch
+
+training.iter_batches = slow_iter_batches
+training.train(**json.loads({settings!r}))
+"""
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, finished_run, tmp_path):
+    import json
+
+    settings = run_settings(tiny_config(), tiny_data, tmp_path)
+    state = tmp_path / "state" / "state.pt"
+    child_log = tmp_path / "child.log"
+    with open(child_log, "wb") as log:  # a file, not a pipe: a full pipe would stall the child
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD.format(lib=str(LIB_DIR), settings=json.dumps(settings))],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not state.exists():
+            assert child.poll() is None, child_log.read_text()
+            assert time.monotonic() < deadline, "no state checkpoint within 120 s"
+            time.sleep(0.02)
+        time.sleep(0.4)  # a few more micro-batches, then kill at an arbitrary point
+        assert child.poll() is None, "the run finished before it could be killed"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    killed_at = torch.load(state, weights_only=True)["iter_num"]
+    assert 8 <= killed_at < 24
+    assert not (tmp_path / "ckpt.pt").exists()
+
+    summary = training.train(**settings)
+
+    reference_out, reference = finished_run
+    resumed = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
+    uninterrupted = torch.load(reference_out / "ckpt.pt", weights_only=True)["model"]
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed), "resumed weights differ"
+    assert summary["val_loss"] == reference["val_loss"]
+
+    def losses(path: Path) -> list[dict]:  # everything but the timings
+        timings = ("tokens_per_s", "mfu")
+        return [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(path)]
+
+    assert losses(tmp_path / "metrics.csv") == losses(reference_out / "metrics.csv")
+
+
+def test_config_change_starts_fresh_and_keeps_the_old_state(tiny_data, finished_run, tmp_path, capsys):
+    reference_out, _ = finished_run
+    shutil.copytree(reference_out / "state", tmp_path / "state")
+    config = tiny_config(learning_rate=1e-3, max_iters=8)
+    summary = training.train(**run_settings(config, tiny_data, tmp_path))
+    log = capsys.readouterr().err
+    assert "train.learning_rate: 0.003 -> 0.001" in log and "starting fresh" in log
+    assert summary["iter_num"] == 8
+    assert [int(r["iter"]) for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "eval"] == [0, 8]
+    (stale,) = (tmp_path / "state").glob("stale-*")
+    old = torch.load(stale / "state.pt", weights_only=True)
+    assert old["iter_num"] == 24 and old["config"] == tiny_config()
+    assert torch.load(tmp_path / "state" / "state.pt", weights_only=True)["config"] == config
+
+
+# --- divergence --------------------------------------------------------------------------------------------
+
+
+def test_non_finite_loss_stops_naming_the_iteration(tiny_data, tmp_path, monkeypatch):
+    real_forward = Transformer.forward
+    steps = {"micro": 0}
+
+    def forward_turning_nan(self, tokens, targets=None, cache=None, start_pos=0):
+        logits, loss = real_forward(self, tokens, targets, cache, start_pos)
+        if self.training:
+            steps["micro"] += 1
+            if steps["micro"] > 2 * 10:  # 2 micro-steps per iteration: iteration 11 goes bad
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(Transformer, "forward", forward_turning_nan)
+    with pytest.raises(training.TrainingDiverged) as caught:
+        training.train(**run_settings(tiny_config(), tiny_data, tmp_path))
+    message = str(caught.value)
+    assert "iteration 11" in message and "iteration 8" in message and "\n" not in message
+    assert torch.load(tmp_path / "state" / "state.pt", weights_only=True)["iter_num"] == 8
+    assert not (tmp_path / "ckpt.pt").exists()
