@@ -46,7 +46,9 @@ def test_train_tokenizer_uses_llama2c_options(tok):
     pieces = [tok.sp.id_to_piece(i) for i in range(tok.n_words)]
     assert pieces[3:259] == [f"<0x{b:02X}>" for b in range(256)]  # byte_fallback
     assert not any(p[1:].isdigit() or (len(p) > 1 and p.isdigit()) for p in pieces)  # split_digits
-    assert tok.sp.normalize("A  b\u00a0c") == f"{WORD_BOUNDARY}A{WORD_BOUNDARY}b\u00a0c"  # identity rule
+    # identity rule (no NFKC: the no-break space stays) and runs of spaces kept (remove_extra_whitespaces off)
+    assert tok.sp.normalize("A  b\u00a0c") == f"{WORD_BOUNDARY}A{WORD_BOUNDARY * 2}b\u00a0c"
+    assert tok.decode(tok.encode("Tom said:  hi.\n\nThe end.", True, False)) == "Tom said:  hi.\n\nThe end."
     assert tok.decode(tok.encode("🐱", False, False)) == "🐱"  # unseen character: bytes, not <unk>
 
 
