@@ -54,7 +54,7 @@ def test_sample_greedy_prints_what_generate_decodes(results, capsys):
     assert cli.main([*argv, "--temperature", "0", "--max-new-tokens", "12"]) == 0
     tokenizer = Tokenizer(results / "tok512" / "tok512.model")  # found from the checkpoint's vocab size
     prompt = tokenizer.encode("Once upon a time", bos=True, eos=False)
-    new = generate(tiny_model(), prompt, 12, temperature=0.0, eos_id=tokenizer.eos_id)[0]
+    new = generate(tiny_model(), prompt, 12, temperature=0.0, eos_id=tokenizer.bos_id)[0]
     assert capsys.readouterr().out == tokenizer.decode(prompt + new) + "\n"
 
 

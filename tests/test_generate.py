@@ -52,7 +52,8 @@ def trained(shards_dir, small_tokenizer) -> tuple[Transformer, Tokenizer]:
     """A tiny model trained for 200 steps on real stories, so greedy text is not one repeated token."""
     tokenizer = Tokenizer(small_tokenizer)
     stories = load_stories(shards_dir / "data01.json")[:300]
-    ids = torch.tensor([t for s in stories for t in tokenizer.encode(s, bos=True, eos=True)])
+    # The pipeline's layout: BOS before each story, no EOS.
+    ids = torch.tensor([t for s in stories for t in tokenizer.encode(s, bos=True, eos=False)])
     torch.manual_seed(0)
     model = Transformer(ModelArgs(**TINY))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -214,6 +215,21 @@ def test_each_sample_stops_at_its_own_eos():
     stopped = generate(model, [1], 30, eos_id=eos, **kwargs)
     assert stopped == [row[: row.index(eos)] if eos in row else row for row in free]
     assert len({len(row) for row in stopped}) > 1
+
+
+def test_samples_end_where_the_model_starts_the_next_story(trained):
+    """Shards hold BOS before each story and no EOS: a story ends with a predicted BOS (as in run.c)."""
+    model, tokenizer = trained
+    settings = dict(num_samples=2, max_new_tokens=40, temperature=1.0, top_k=None, top_p=1.0, seed=5)
+    free = generate(model, tokenizer.encode("Once", True, False), 40, num_samples=2, seed=5)
+    with mock.patch.object(gen, "generate", side_effect=gen.generate) as spy:
+        texts = gen.sample_texts(model, tokenizer, "Once", settings)
+    assert spy.call_args.kwargs["eos_id"] == tokenizer.bos_id != tokenizer.eos_id
+    prompt, bos = tokenizer.encode("Once", True, False), tokenizer.bos_id
+    assert texts == [tokenizer.decode(prompt + (r[: r.index(bos)] if bos in r else r)) for r in free]
+    assert gen.sample_texts(model, tokenizer, "Once", settings, stop_at_story_end=False) == [
+        tokenizer.decode(tokenizer.encode("Once", True, False) + r) for r in free
+    ]
 
 
 def test_decoding_stops_once_every_sample_ended():

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-p", type=_probability, default=1.0, help="nucleus mass; 1.0 = off (default)")
     sample.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
     sample.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, ...")
-    sample.add_argument("--no-stop", action="store_true", help="keep going past the end-of-story token")
+    sample.add_argument("--no-stop", action="store_true", help="go on past the story's end (BOS)")
     return parser
 
 
@@ -102,7 +102,7 @@ def run_sample(args: argparse.Namespace) -> int:
         "top_p": args.top_p,
         "seed": args.seed,
     }
-    texts = sample_texts(model, tokenizer, prompt, settings, stop_at_eos=not args.no_stop)
+    texts = sample_texts(model, tokenizer, prompt, settings, stop_at_story_end=not args.no_stop)
     print("\n---\n".join(texts))
     return 0
 

@@ -385,11 +385,14 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int, checkpoint: str | o
 
 
 def sample_texts(
-    model: Transformer, tokenizer, prompt: str, settings: dict, stop_at_eos: bool = True
+    model: Transformer, tokenizer, prompt: str, settings: dict, stop_at_story_end: bool = True
 ) -> list[str]:
     """settings["num_samples"] continuations of prompt (text including the prompt), decoded as one batch.
 
     settings holds the sample section's knobs: num_samples, max_new_tokens, temperature, top_k, top_p, seed.
+    A sample ends where the model starts the next story: the pretokenized shards put BOS before every story
+    and no EOS after it (llama2.c's layout), so a trained model ends a story by predicting BOS, and run.c
+    stops there too.
     """
     prompt_ids = tokenizer.encode(prompt, bos=True, eos=False)
     samples = generate(
@@ -401,7 +404,7 @@ def sample_texts(
         top_k=settings.get("top_k"),
         top_p=settings.get("top_p", 1.0),
         seed=settings.get("seed"),
-        eos_id=tokenizer.eos_id if stop_at_eos else None,
+        eos_id=tokenizer.bos_id if stop_at_story_end else None,
     )
     return [tokenizer.decode(prompt_ids + new_ids) for new_ids in samples]
 

@@ -418,6 +418,7 @@ def train(
         if master:
             tqdm.write(message, file=sys.stderr)
 
+    progress = None
     try:
         if threads is not None:
             torch.set_num_threads(max(1, threads // world_size) if device.type == "cpu" else threads)
@@ -622,6 +623,8 @@ def train(
         return {"iter_num": iter_num, "val_loss": last_val_loss, "best_val_loss": best_val_loss,
                 "tokens_per_byte": tokens_per_byte, "settings": settings}  # fmt: skip
     finally:
+        if progress is not None:  # on an exception too; an unclosed bar is printed again at exit
+            progress.close()
         if distributed:
             torch.distributed.destroy_process_group()
 
