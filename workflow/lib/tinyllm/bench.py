@@ -118,38 +118,45 @@ def bench_pretokenize(threads: int) -> dict[str, float]:
 def bench_train(threads: int) -> dict[str, float]:
     """Training throughput, forward + backward + AdamW step, at the reference config on random tokens.
 
-    dim 288, 8 layers, 8/4 heads, vocab 4096, batch 8 x 256 tokens, one micro-step per optimizer step. Paths:
-    float32 eager (llama2.c's), bf16 autocast eager, and bf16 autocast compiled (when the CPU multiplies bf16
-    in hardware); they are timed in alternating rounds, best round kept, so background load hits them alike.
-    MFU = (6 N + 12 n_layers dim T) tokens/s / the matmul peak measured here for the path's dtype: attention
-    counted dense (not halved for causality), as nanoGPT does.
+    dim 288, 8 layers, 8/4 heads, vocab 4096, batch 8 x 256 tokens, one micro-step per optimizer step, on
+    CUDA when available, else the CPU. Paths: float32 eager (llama2.c's), bf16 autocast eager, and bf16
+    autocast compiled (when the device multiplies bf16 in hardware); they are timed in alternating rounds,
+    best round kept, so background load hits them alike. MFU = (6 N + 12 n_layers dim T) tokens/s / the peak
+    for the path's dtype: on the CPU the matmul peak measured here, on known GPUs their nominal bf16 peak
+    (tinyllm.train.peak_flops). Attention is counted dense (not halved for causality), as nanoGPT does.
     """
     from tinyllm.model import ModelArgs, Transformer
-    from tinyllm.train import configure_optimizer, cpu_has_bf16_matmul, flops_per_token, matmul_peak_flops
+    from tinyllm.train import configure_optimizer, cpu_has_bf16_matmul, flops_per_token, peak_flops
 
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_cuda = device.type == "cuda"
     args = ModelArgs(dim=288, n_layers=8, n_heads=8, n_kv_heads=4, vocab_size=4096, max_seq_len=256)
     batch, rounds, steps_per_round = 8, 4, 2
     optimizer_cfg = {"learning_rate": 5e-4, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95}
     generator = torch.Generator().manual_seed(0)
-    x, y = (torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=generator) for _ in "xy")
+    x, y = (
+        torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=generator).to(device)
+        for _ in "xy"
+    )
     paths = {"fp32_eager": (torch.float32, False)}
-    if cpu_has_bf16_matmul():
+    if torch.cuda.is_bf16_supported() if on_cuda else cpu_has_bf16_matmul():
         paths |= {"bf16_eager": (torch.bfloat16, False), "bf16_compiled": (torch.bfloat16, True)}
 
     steps, figures = {}, {}
     for name, (dtype, compiled) in paths.items():
         torch.manual_seed(0)
-        model = Transformer(args)
+        model = Transformer(args).to(device)
         optimizer = configure_optimizer(model, optimizer_cfg, device)
         forward = torch.compile(model) if compiled else model
 
         def step(forward=forward, optimizer=optimizer, dtype=dtype):
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 _, loss = forward(x, y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if on_cuda:  # time the work, not its queueing
+                torch.cuda.synchronize(device)
 
         first = timed(step)  # compiles, for the compiled path
         if compiled:
@@ -163,13 +170,14 @@ def bench_train(threads: int) -> dict[str, float]:
         for name, step in steps.items():
             best[name] = min(best[name], timed(step, repeat=steps_per_round))
         for dtype in peaks:
-            peaks[dtype] = max(peaks[dtype], matmul_peak_flops(dtype, device))
+            peaks[dtype] = max(peaks[dtype], peak_flops(dtype, device)[0])
 
     flops = flops_per_token(args, Transformer(args).num_params())
     speed = {name: batch * args.max_seq_len / seconds for name, seconds in best.items()}
     mfu = {name: flops * speed[name] / peaks[paths[name][0]] for name in paths}
     fastest = max(speed, key=speed.get)
     figures |= {
+        "train_device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
         "train_tokens_per_s": speed[fastest],
         "train_mfu": mfu[fastest],
         "train_fastest_path": fastest,
