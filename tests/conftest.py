@@ -86,6 +86,17 @@ def make_tar_gz(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests (restored after): tiny models gain nothing from a second."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tinystories_archive(shards_dir, tmp_path_factory) -> Path:
     """TinyStories_all_data.tar.gz from shards_dir: data00.json and data01.json at its root, as upstream."""

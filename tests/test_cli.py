@@ -13,16 +13,10 @@ from tinyllm.generate import generate
 from tinyllm.model import ModelArgs, Transformer
 from tinyllm.tokenizer import Tokenizer
 
+# Small tensors: a second thread gains nothing and stalls badly when the other cores are busy.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: a second thread gains nothing and stalls badly when the other cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(vocab_size: int = 512) -> Transformer:

@@ -19,16 +19,10 @@ from tinyllm.export import (
 )
 from tinyllm.model import ModelArgs, Transformer, rotary_tables
 
+# Small tensors: a second thread gains nothing and stalls badly when the other cores are busy.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: a second thread gains nothing and stalls badly when the other cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_model(seed: int = 0, tied: bool = True) -> Transformer:

@@ -12,6 +12,9 @@ from tinyllm.generate import Decoder, SampleError, generate, sample_next_token, 
 from tinyllm.model import KVCache, ModelArgs, Transformer
 from tinyllm.tokenizer import Tokenizer
 
+# Small tensors: a second thread gains nothing and stalls badly when the other cores are busy.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
 
 
@@ -36,15 +39,6 @@ def save_checkpoint(model: Transformer, path, iter_num: int = 7) -> None:
         "config": {"model": model.args.to_dict()},
     }
     torch.save(checkpoint, path)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: a second thread gains nothing and stalls badly when the other cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

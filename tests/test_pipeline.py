@@ -150,14 +150,19 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
+def write_tiny_config(shards_dir: Path, folder: Path) -> Path:
+    """tests/configs/tiny.yaml with data.url pointing at an archive built from shards_dir, in folder."""
+    archive = build_archive(shards_dir, folder / "TinyStories_test.tar.gz")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["data"]["url"] = str(archive)
+    return write_yaml(folder / "tiny.yaml", config)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, shards_dir) -> Run:
     """The tiny config run once through the whole DAG: `snakemake --cores 2 --resources gpu=1`."""
     root = tmp_path_factory.mktemp("pipeline")
-    archive = build_archive(shards_dir, root / "TinyStories_test.tar.gz")
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["data"]["url"] = str(archive)
-    config_path = write_yaml(root / "tiny.yaml", config)
+    config_path = write_tiny_config(shards_dir, root)
     workdir = root / "run"
     workdir.mkdir()
     start = time.monotonic()

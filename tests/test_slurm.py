@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from test_pipeline import REPO, SNAKEFILE, SNAKEMAKE, TINY_CONFIG, build_archive, tail, write_yaml
+from test_pipeline import REPO, SNAKEFILE, SNAKEMAKE, tail, write_tiny_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -70,10 +69,7 @@ def slurm_cluster():
 
 
 def test_tiny_pipeline_on_slurm(slurm_cluster, shards_dir, tmp_path):
-    archive = build_archive(shards_dir, tmp_path / "TinyStories_test.tar.gz")
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["data"]["url"] = str(archive)
-    config_path = write_yaml(tmp_path / "tiny.yaml", config)
+    config_path = write_tiny_config(shards_dir, tmp_path)
     workdir = tmp_path / "run"
     workdir.mkdir()
 
