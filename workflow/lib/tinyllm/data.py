@@ -30,7 +30,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from tinyllm.tokenizer import Tokenizer, atomic_output, current_umask
+from tinyllm.files import atomic_output, current_umask
+from tinyllm.tokenizer import Tokenizer
 
 ARCHIVE_SHARD_NAME = "data{:02d}.json"
 UINT16_VOCAB_LIMIT = 1 << 16

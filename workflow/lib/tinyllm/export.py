@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from tinyllm.files import atomic_output
 from tinyllm.model import ModelArgs, Transformer, load_model, rotary_tables
-from tinyllm.tokenizer import atomic_output
 
 RUNC_NORM_EPS = 1e-5  # run.c's rmsnorm hardcodes this epsilon
 ROPE_THETA = 10000.0  # model.rotary_tables' default

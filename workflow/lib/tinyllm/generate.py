@@ -431,7 +431,7 @@ def write_samples(
     The file opens with a header of the settings, then per prompt and sample a "## prompt i, sample j"
     line followed by the text.
     """
-    from tinyllm.tokenizer import atomic_output
+    from tinyllm.files import atomic_output
 
     info = checkpoint_info(checkpoint)
     vocab_size = info["model_args"]["vocab_size"]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+
+from tinyllm.files import atomic_output
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's visible space, "▁"
 RUNC_BOS = "\n<s>\n"
@@ -278,28 +278,3 @@ def _proto_fields(message: bytes) -> dict[int, int | bytes]:
         else:
             raise ValueError(f"unsupported protobuf wire type {wire_type}")
     return fields
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
-    """Open a temporary file beside path for writing; on success rename it over path, on error delete it.
-
-    Readers never see a half-written path, and a crash leaves at most a hidden .tmp file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current

@@ -22,7 +22,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from tinyllm.data import PretokDataset, iter_batches, split_shards
+from tinyllm.files import atomic_output
 from tinyllm.model import ModelArgs, Transformer
 
 STATE_FORMAT = 1  # bump when the state checkpoint's layout changes: older states then start fresh
@@ -185,19 +185,9 @@ def inputs_fingerprint(bin_dir: str | os.PathLike, tokenizer_model: str | os.Pat
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside path, then rename: a kill never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through a temporary file beside path, then rename: a kill never leaves a torn file."""
+    with atomic_output(path) as f:
+        torch.save(obj, f)
 
 
 def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -296,19 +286,11 @@ def weights_checkpoint(model, args: ModelArgs, iter_num: int, val_loss: float | 
 
 
 def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: "" if row.get(k) is None else row[k] for k in METRIC_COLUMNS})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in METRIC_COLUMNS})
 
 
 def plot_losses(rows: list[dict], path: str | os.PathLike, tokens_per_iter: int) -> None:
@@ -336,16 +318,9 @@ def plot_losses(rows: list[dict], path: str | os.PathLike, tokens_per_iter: int)
     top = ax.secondary_xaxis("top", functions=(lambda t: t / tokens_per_iter, lambda i: i * tokens_per_iter))
     top.set_xlabel("optimizer steps")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_output(path) as f:
+            fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
 
