@@ -64,8 +64,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 even under bf16 autocast: the mean of squares loses too much in 8 mantissa
-        # bits.
+        # Normalise in float32 even under bf16 autocast: 8 mantissa bits lose too much in the mean of squares.
         xf = x.float()
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         # Under autocast, hand the next layers their compute dtype once: otherwise each of the linear layers
@@ -145,8 +144,7 @@ class Attention(nn.Module):
         if cache is None and not x.is_cuda and q.dtype != torch.float32:
             y = self._causal_attention_cpu(q, k, v, dropout)
         else:
-            # Grouped-query attention: each key/value head serves n_heads // n_kv_heads consecutive query
-            # heads.
+            # Grouped-query attention: each key/value head serves n_heads // n_kv_heads consecutive heads.
             y = F.scaled_dot_product_attention(
                 q,
                 k,
