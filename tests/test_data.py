@@ -21,7 +21,6 @@ from tinyllm.data import (
     iter_batches,
     load_stories,
     pretokenize_shard,
-    tokens_per_byte,
     write_tiny_txt,
 )
 from tinyllm.tokenizer import Tokenizer
@@ -184,15 +183,6 @@ def test_vocabulary_beyond_uint16_is_refused(shards_dir, small_tokenizer, tmp_pa
     with pytest.raises(ValueError, match="70000 tokens does not fit uint16"):
         pretokenize_shard(shards_dir / "data00.json", small_tokenizer, tmp_path / "data00.bin")
     assert not (tmp_path / "data00.bin").exists()
-
-
-def test_tokens_per_byte(shards_dir, small_tokenizer, tmp_path):
-    output = tmp_path / "data00.bin"
-    tokens = pretokenize_shard(shards_dir / "data00.json", small_tokenizer, output)
-    text_bytes = sum(len(s.encode()) for s in load_stories(shards_dir / "data00.json"))
-    ratio = tokens_per_byte(shards_dir / "data00.json", output)
-    assert ratio == pytest.approx(tokens / text_bytes)
-    assert 0.2 < ratio < 1.0  # a 512-token BPE packs English into a couple of bytes per token
 
 
 # --- PretokDataset and iter_batches -------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(f)
 
 
-_YAML_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+_YAML_TYPES = {"integer": (int,), "number": (int, float), "boolean": (bool,), "null": (type(None),)}
 
 
 def _coerce_strings(config: dict, schema: dict) -> None:
@@ -64,13 +64,9 @@ def _coerce_strings(config: dict, schema: dict) -> None:
                     parsed = float(parsed)
                 except ValueError:
                     pass
-            types = tuple(t for name in allowed for t in _flatten(_YAML_TYPES.get(name, ())))
+            types = tuple(t for name in allowed for t in _YAML_TYPES.get(name, ()))
             if types and isinstance(parsed, types) and not (isinstance(parsed, bool) and bool not in types):
                 config[key] = parsed
-
-
-def _flatten(t):
-    return t if isinstance(t, tuple) else (t,)
 
 
 def validate_config(config: dict, schema: dict | None = None) -> dict:

@@ -405,19 +405,6 @@ def pretokenize_shard(
     return len(ids)
 
 
-def tokens_per_byte(shard_json: str | os.PathLike, bin_path: str | os.PathLike) -> float:
-    """Measured tokens per UTF-8 byte of story text for one shard and its pretokenized .bin.
-
-    Tokens are all ids in bin_path, BOS included (the model predicts them too); bytes are those of the
-    shard's stripped stories, without separators. Bits per byte = (mean loss in nats / ln 2) * this.
-    """
-    n_tokens = Path(bin_path).stat().st_size // 2
-    n_bytes = sum(len(story.encode("utf-8")) for story in load_stories(shard_json))
-    if n_bytes == 0:
-        raise ValueError(f"{shard_json}: holds no story text")
-    return n_tokens / n_bytes
-
-
 VAL_SHARD = "data00.bin"
 SPLITS = ("train", "val")
 

@@ -155,7 +155,7 @@ def val_tokens_per_byte(val_bin: str | os.PathLike, tokenizer) -> float:
     """Tokens per UTF-8 byte of the validation text, for bits per byte = nats per token / ln 2 * this.
 
     Decodes (up to TOKENS_PER_BYTE_SAMPLE tokens of) the shard story by story: tokens count BOS (the model
-    predicts it too), bytes are the stories' text without separators, as data.tokens_per_byte counts them.
+    predicts it too), bytes are the stories' text without separators.
     """
     ids = np.fromfile(val_bin, dtype="<u2", count=TOKENS_PER_BYTE_SAMPLE).astype(np.int64)
     starts = np.flatnonzero(ids == tokenizer.bos_id)
