@@ -113,3 +113,43 @@ def small_tokenizer(shards_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tok512")
     write_tiny_txt([shards_dir / "data00.json"], folder / "tiny.txt")
     return train_tokenizer(folder / "tiny.txt", folder / "tok512", 512, quiet=True)
+
+
+# --- a tiny model, for the model, generation, export and CLI tests -----------------------------------------
+
+TINY_MODEL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_args() -> dict:
+    """The tiny model's ModelArgs fields (a fresh copy per test would be safer, but no test mutates it)."""
+    return dict(TINY_MODEL)
+
+
+def make_random_model(seed: int = 0, scale: float = 1.0, tied: bool = True, **overrides):
+    """A Transformer of TINY_MODEL (with overrides) in eval mode, random weights.
+
+    scale > 1 spreads the logits so greedy decoding does not collapse to one token; norm gains are drawn
+    off 1 so that where they are folded or exported is tested; tied=False gives the output layer its own
+    weights.
+    """
+    import torch
+    from tinyllm.model import ModelArgs, Transformer
+
+    torch.manual_seed(seed)
+    model = Transformer(ModelArgs(**{**TINY_MODEL, **overrides}))
+    if not tied:
+        model.output.weight = torch.nn.Parameter(torch.randn_like(model.output.weight) * 0.02)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            else:
+                p.mul_(scale)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """make_random_model as a fixture: random_model(seed=..., scale=..., tied=..., **ModelArgs overrides)."""
+    return make_random_model

@@ -1,0 +1,39 @@
+"""Where the pipeline writes: the one place that the Snakefile (workflow/rules/common.smk) and the CLI read.
+
+Paths are relative to the working directory Snakemake runs in (the repository, or --directory).
+"""
+
+from __future__ import annotations
+
+RESULTS = "results"
+ARCHIVE = f"{RESULTS}/data/TinyStories_all_data.tar.gz"
+SHARD_JSON = f"{RESULTS}/data/TinyStories_all_data/data{{shard}}.json"
+TINY_TXT = f"{RESULTS}/data/tiny.txt"
+
+TRAIN_DIR = f"{RESULTS}/train"
+EXPERIMENTS_DIR = f"{RESULTS}/experiments"
+SAMPLES = f"{RESULTS}/samples.txt"
+EXPORT_DIR = f"{RESULTS}/export"
+REPORT_DIR = f"{RESULTS}/report"
+
+
+def tokenizer_dir(vocab_size: int) -> str:
+    return f"{RESULTS}/tok{vocab_size}"
+
+
+def tokenizer_model(vocab_size: int) -> str:
+    """The SentencePiece model; .vocab and run.c's .bin sit beside it under the same stem."""
+    return f"{tokenizer_dir(vocab_size)}/tok{vocab_size}.model"
+
+
+def shard_bin(vocab_size: int) -> str:
+    """A pretokenized shard, with the {shard} wildcard left in."""
+    return f"{tokenizer_dir(vocab_size)}/data{{shard}}.bin"
+
+
+def run_dir(experiment: str | None = None) -> str:
+    """A training run's folder: results/train for the main run, results/experiments/NAME for an experiment."""
+    return TRAIN_DIR if experiment is None else f"{EXPERIMENTS_DIR}/{experiment}"
+
+
+CKPT = f"{TRAIN_DIR}/ckpt.pt"
