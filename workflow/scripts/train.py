@@ -3,14 +3,9 @@
 import sys
 from pathlib import Path
 
-smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
-# Snakemake drops PYTHONPATH inside conda envs, so find the library beside this script.
-sys.path.insert(0, str(Path(smk.scriptdir).parent / "lib"))
+from _rule import smk
+from tinyllm.train import launch_distributed, train
 
-from tinyllm.data import log_stderr_to  # noqa: E402
-from tinyllm.train import launch_distributed, train  # noqa: E402
-
-log_stderr_to(smk.log[0])
 settings = {
     "config": {"model": dict(smk.params.model), "train": dict(smk.params.train)},
     # The rule's shards exactly: the folder may hold more from a run with a larger data.shards.

@@ -22,7 +22,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import traceback
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -31,32 +30,12 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from tinyllm.files import atomic_output, current_umask
+from tinyllm.logs import log_stderr_to  # noqa: F401 - until data.py is split
 from tinyllm.tokenizer import Tokenizer
 
 ARCHIVE_SHARD_NAME = "data{:02d}.json"
 UINT16_VOCAB_LIMIT = 1 << 16
 RETRY_STATUS = frozenset({408, 425, 429})  # besides every 5xx: the server may answer next time
-
-
-# --- logging for rule scripts ------------------------------------------------------------------------------
-
-
-def log_stderr_to(log_path: str | os.PathLike) -> None:
-    """Route this process's stderr, Python's and native libraries' (SentencePiece), into log_path.
-
-    An uncaught exception's traceback goes to the log; its one-line message also goes to the original
-    stderr, so Snakemake's console names the failure rather than only pointing at the log.
-    """
-    console = os.fdopen(os.dup(2), "w", buffering=1)
-    log = open(log_path, "w", buffering=1)  # stays open for the life of the process
-    os.dup2(log.fileno(), 2)
-    sys.stderr = log
-
-    def report(exc_type, exc, tb):
-        traceback.print_exception(exc_type, exc, tb, file=log)
-        console.write(" ".join(f"{exc_type.__name__}: {exc}".split()) + "\n")
-
-    sys.excepthook = report
 
 
 # --- download ----------------------------------------------------------------------------------------------
