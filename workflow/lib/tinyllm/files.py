@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+
+class DiskFullError(OSError):
+    """The disk filled up while writing an output; the previous file, if any, is untouched."""
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
     """Open a temporary file beside path for writing; on success rename it over path, on error delete it.
 
-    Readers never see a half-written path, and a crash leaves at most a hidden .tmp file.
+    Readers never see a half-written path, and a crash leaves at most a hidden .tmp file. A full disk,
+    however deep in the writer it shows up (torch.save wraps it in its own RuntimeError), ends in one line:
+    "no space left on device while writing PATH".
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,9 +31,22 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _is_disk_full(err):
+            raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}") from None
         raise
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """ENOSPC anywhere in the chain of causes: torch.save raises its own RuntimeError in the context of it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def current_umask() -> int:
