@@ -4,7 +4,8 @@ import sys
 
 import torch
 from _rule import smk
-from tinyllm.generate import resolve_device, write_samples
+from tinyllm.devices import resolve_device
+from tinyllm.generate import write_samples
 
 torch.set_num_threads(smk.threads)
 device = resolve_device("auto")

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_CHECKPOINT = "results/train/ckpt.pt"
+from tinyllm import paths
+
+DEFAULT_CHECKPOINT = paths.CKPT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,35 +31,54 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}")
     sample.add_argument(
         "--tokenizer",
-        help="SentencePiece model (default: results/tok{V}/tok{V}.model for the checkpoint's vocab size V)",
+        help=f"SentencePiece model (default: {paths.tokenizer_model('{V}')}, V = the checkpoint's vocab)",
     )
     sample.add_argument("--num-samples", type=_positive_int, default=1, help="continuations (default 1)")
     sample.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default 256")
     sample.add_argument("--temperature", type=_non_negative_float, default=1.0, help="0 = greedy (default 1)")
-    sample.add_argument("--top-k", type=int, default=300, help="keep the k likeliest; 0 = all (default 300)")
+    sample.add_argument(
+        "--top-k", type=_non_negative_int, default=300, help="keep the k likeliest; 0 = all (default 300)"
+    )
     sample.add_argument("--top-p", type=_probability, default=1.0, help="nucleus mass; 1.0 = off (default)")
-    sample.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
-    sample.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, ...")
+    sample.add_argument(
+        "--seed", type=_non_negative_int, default=None, help="random seed (default: a fresh one each run)"
+    )
+    sample.add_argument("--device", default="auto", help="auto (cuda if there, else cpu), cpu, cuda[:N], mps")
     sample.add_argument("--no-stop", action="store_true", help="go on past the story's end (BOS)")
     return parser
 
 
+def _number(text: str, kind: type) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    value = _number(text, float)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
 def _probability(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
@@ -74,26 +95,27 @@ def read_prompt(prompt: str) -> str:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    from tinyllm.devices import DeviceError, resolve_device
     from tinyllm.generate import (
         SampleError,
         checkpoint_info,
         default_tokenizer_path,
         load_tokenizer,
-        resolve_device,
         sample_texts,
     )
     from tinyllm.model import load_model
 
     try:
+        device = resolve_device(args.device)
         prompt = read_prompt(args.prompt)
         info = checkpoint_info(args.checkpoint)
         vocab_size = info["model_args"]["vocab_size"]
         tokenizer_path = args.tokenizer or default_tokenizer_path(args.checkpoint, vocab_size)
         tokenizer = load_tokenizer(tokenizer_path, vocab_size, args.checkpoint)
-    except (SampleError, FileNotFoundError) as err:
+    except (SampleError, DeviceError, FileNotFoundError) as err:
         print(f"tinyllm sample: {err}", file=sys.stderr)
         return 2
-    model = load_model(args.checkpoint, resolve_device(args.device))
+    model = load_model(args.checkpoint, device)
     settings = {
         "num_samples": args.num_samples,
         "max_new_tokens": args.max_new_tokens,

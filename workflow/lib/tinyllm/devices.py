@@ -1,4 +1,4 @@
-"""Devices and precision: which device a run uses, which dtype it can train in, and the peak FLOP/s for MFU."""
+"""Devices and precision: the device a run uses, the dtype it can train in, the peak FLOP/s for MFU."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     """ "auto" is cuda when available, else cpu; a named device must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {name!r} requested but torch sees no CUDA device: use cpu or auto")

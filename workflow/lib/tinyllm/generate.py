@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tinyllm import paths
+from tinyllm.devices import resolve_device
 from tinyllm.model import Transformer, load_model, rotary_tables
 
 
@@ -335,13 +337,6 @@ class SampleError(RuntimeError):
     """A checkpoint or tokenizer that cannot be used; str() is one line naming the file and what to do."""
 
 
-def resolve_device(device: str = "auto") -> str:
-    """auto = cuda when available, else cpu."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def checkpoint_info(path: str | os.PathLike) -> dict:
     """The checkpoint's model_args, iter_num and config, without reading its tensors into memory."""
     path = Path(path)
@@ -362,10 +357,16 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
 
 
 def default_tokenizer_path(checkpoint: str | os.PathLike, vocab_size: int) -> Path:
-    """tok{V}/tok{V}.model in the results folder that holds train/ckpt.pt (else ./results)."""
-    name = Path(f"tok{vocab_size}") / f"tok{vocab_size}.model"
-    beside = Path(checkpoint).resolve().parent.parent / name
-    return beside if beside.is_file() else Path("results") / name
+    """The pipeline's tokenizer for this vocabulary size, in the results folder that holds the checkpoint.
+
+    A checkpoint at <results>/train/ckpt.pt or <results>/experiments/NAME/ckpt.pt finds
+    <results>/tok{V}/tok{V}.model; any other checkpoint falls back to ./results.
+    """
+    relative = Path(paths.tokenizer_model(vocab_size)).relative_to(paths.RESULTS)
+    for results in Path(checkpoint).resolve().parents:
+        if (results / relative).is_file():
+            return results / relative
+    return Path(paths.tokenizer_model(vocab_size))
 
 
 def load_tokenizer(path: str | os.PathLike, vocab_size: int, checkpoint: str | os.PathLike):
@@ -379,7 +380,7 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int, checkpoint: str | o
     if tokenizer.n_words != vocab_size:
         raise SampleError(
             f"tokenizer {path} has {tokenizer.n_words} tokens but checkpoint {checkpoint} was trained with "
-            f"vocab_size {vocab_size}: pass --tokenizer results/tok{vocab_size}/tok{vocab_size}.model"
+            f"vocab_size {vocab_size}: pass --tokenizer {paths.tokenizer_model(vocab_size)}"
         )
     return tokenizer
 

@@ -2,8 +2,9 @@
 
 RMSNorm, rotary position embeddings (interleaved pairs, as llama2.c and run.c use them), grouped-query
 attention through scaled_dot_product_attention (or, for bf16 training on CPU, two batched matmuls, which
-are faster there), a SwiGLU feed-forward, and a token embedding tied to the output layer. `forward` also
-takes an optional key/value cache so generation can decode one token at a time.
+are faster there), a SwiGLU feed-forward, and a token embedding tied to the output layer. This is the
+training and reference forward; tinyllm.generate.Decoder runs the same weights one token at a time with a
+key/value cache.
 """
 
 from __future__ import annotations
@@ -98,16 +99,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
 
 
-class KVCache:
-    """Preallocated keys and values for every layer: (n_layers, batch, n_kv_heads, max_len, head_dim)."""
-
-    def __init__(self, args: ModelArgs, batch_size: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (args.n_layers, batch_size, args.n_kv_heads, max_len, args.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -119,7 +110,7 @@ class Attention(nn.Module):
         self.dropout = args.dropout
         self.resid_dropout = nn.Dropout(args.dropout)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, start_pos: int = 0):
+    def forward(self, x, cos, sin):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -127,32 +118,13 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
 
-        mask, causal = None, True
-        if cache is not None:
-            end = start_pos + T
-            cache.k[layer, :B, :, start_pos:end] = k
-            cache.v[layer, :B, :, start_pos:end] = v
-            k, v = cache.k[layer, :B, :, :end], cache.v[layer, :B, :, :end]
-            if start_pos > 0:
-                # Queries sit at positions start_pos..end-1; each sees every key up to its own position.
-                causal = False
-                if T > 1:
-                    q_pos = torch.arange(start_pos, end, device=x.device)[:, None]
-                    mask = torch.arange(end, device=x.device)[None, :] <= q_pos
-
         dropout = self.dropout if self.training else 0.0
-        if cache is None and not x.is_cuda and q.dtype != torch.float32:
+        if not x.is_cuda and q.dtype != torch.float32:
             y = self._causal_attention_cpu(q, k, v, dropout)
         else:
             # Grouped-query attention: each key/value head serves n_heads // n_kv_heads consecutive heads.
             y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=causal,
-                dropout_p=dropout,
-                enable_gqa=self.n_kv_heads != self.n_heads,
+                q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=self.n_kv_heads != self.n_heads
             )
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.wo(y))
@@ -189,16 +161,15 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, layer: int, args: ModelArgs):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        self.layer = layer
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.attention = Attention(args)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x, cos, sin, cache=None, start_pos=0):
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache, self.layer, start_pos)
+    def forward(self, x, cos, sin):
+        x = x + self.attention(self.attention_norm(x), cos, sin)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -208,7 +179,7 @@ class Transformer(nn.Module):
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.dropout = nn.Dropout(args.dropout)
-        self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.output.weight = self.tok_embeddings.weight  # weight tying
@@ -232,23 +203,16 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
     def forward(
-        self,
-        tokens: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        start_pos: int = 0,
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) for tokens (B, T); loss too when targets are given (-1 = ignore).
-
-        With a cache, tokens sit at positions start_pos..start_pos+T-1 and their keys/values are stored.
-        """
+        """Logits (B, T, vocab) for tokens (B, T); loss too when targets are given (-1 = ignore)."""
         T = tokens.shape[1]
-        if start_pos + T > self.args.max_seq_len:
-            raise ValueError(f"positions up to {start_pos + T} exceed max_seq_len={self.args.max_seq_len}")
+        if T > self.args.max_seq_len:
+            raise ValueError(f"{T} positions exceed max_seq_len={self.args.max_seq_len}")
         h = self.dropout(self.tok_embeddings(tokens))
-        cos, sin = self.rope_cos[start_pos : start_pos + T], self.rope_sin[start_pos : start_pos + T]
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for layer in self.layers:
-            h = layer(h, cos, sin, cache, start_pos)
+            h = layer(h, cos, sin)
         logits = self.output(self.norm(h))
         loss = None
         if targets is not None:
