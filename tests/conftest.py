@@ -107,7 +107,7 @@ def tinystories_archive(shards_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_tokenizer(shards_dir, tmp_path_factory) -> Path:
     """Path to a vocab-512 SentencePiece BPE model (llama2.c options) trained on shards_dir's data00.json."""
-    from tinyllm.data import write_tiny_txt
+    from tinyllm.shards import write_tiny_txt
     from tinyllm.tokenizer import train_tokenizer
 
     folder = tmp_path_factory.mktemp("tok512")

@@ -17,8 +17,8 @@ import csv
 import pytest
 import torch
 from test_train import build_tiny_data, run_settings, tiny_config
-from tinyllm import data
 from tinyllm import train as training
+from tinyllm.batches import iter_batches
 
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 1e-5
@@ -48,8 +48,8 @@ def test_two_gloo_ranks_match_one_process_on_the_same_data(tiny_data, tmp_path, 
     training.launch_distributed(settings, 2, ddp_out / "launch.json")
 
     def both_rank_streams(bin_dir, split, batch_size, max_seq_len, device, seed=1337, **_):
-        streams = [data.iter_batches(bin_dir, split, batch_size, max_seq_len, device, seed=seed, rank=r,
-                                     world_size=2) for r in range(2)]  # fmt: skip
+        streams = [iter_batches(bin_dir, split, batch_size, max_seq_len, device, seed=seed, rank=r,
+                                world_size=2) for r in range(2)]  # fmt: skip
         while True:  # one optimizer step: rank 0's two micro-batches, then rank 1's
             yield from (next(stream) for stream in (streams[0], streams[0], streams[1], streams[1]))
 

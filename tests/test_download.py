@@ -8,7 +8,7 @@ import socket
 
 import pytest
 from http_server import FileServer
-from tinyllm.data import DownloadError, download_archive, part_path
+from tinyllm.download import DownloadError, download_archive, part_path
 
 PATH = "/TinyStories_all_data.tar.gz"
 FAST = {"retries": 2, "backoff": 0.01, "timeout": 10.0, "progress": False}

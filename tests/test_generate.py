@@ -7,9 +7,9 @@ from unittest import mock
 import pytest
 import torch
 from tinyllm import generate as gen
-from tinyllm.data import load_stories
 from tinyllm.generate import Decoder, SampleError, generate, sample_next_token, write_samples
 from tinyllm.model import KVCache, ModelArgs, Transformer
+from tinyllm.shards import load_stories
 from tinyllm.tokenizer import Tokenizer
 
 # Small tensors: a second thread gains nothing and stalls badly when the other cores are busy.

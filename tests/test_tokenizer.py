@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 import sentencepiece as spm
-from tinyllm.data import load_stories
+from tinyllm.shards import load_stories
 from tinyllm.tokenizer import RUNC_BOS, RUNC_EOS, WORD_BOUNDARY, Tokenizer, train_tokenizer
 
 # Texts where splitting at spaces could go wrong: the batched encoder must still match encode() exactly.

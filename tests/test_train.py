@@ -17,8 +17,8 @@ import pytest
 import torch
 from tinyllm import train as training
 from tinyllm.config import validate_config
-from tinyllm.data import load_stories
 from tinyllm.model import Transformer, load_model
+from tinyllm.shards import load_stories
 from tinyllm.tokenizer import Tokenizer, train_tokenizer
 
 LIB_DIR = Path(training.__file__).resolve().parents[1]

@@ -37,6 +37,6 @@ rule pretokenize:
     conda:
         "../../envs/data.yaml"
     params:
-        code=library_hash("tokenizer.py", "data.py"),
+        code=library_hash("tokenizer.py", "shards.py"),
     script:
         "../scripts/pretokenize.py"

@@ -3,7 +3,7 @@
 import sys
 
 from _rule import smk
-from tinyllm.data import extract_shard, shard_file_name
+from tinyllm.shards import extract_shard, shard_file_name
 
 member = shard_file_name(smk.wildcards.shard)
 extract_shard(smk.input[0], member, smk.output[0])

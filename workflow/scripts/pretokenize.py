@@ -3,7 +3,7 @@
 import sys
 
 from _rule import smk
-from tinyllm.data import pretokenize_shard
+from tinyllm.shards import pretokenize_shard
 
 tokens = pretokenize_shard(smk.input.shard, smk.input.tokenizer, smk.output[0], num_threads=smk.threads)
 print(f"pretokenize: {smk.input.shard} -> {smk.output[0]}: {tokens} tokens", file=sys.stderr)

@@ -49,7 +49,7 @@ def _bench_tokenizer(shard_dir: Path, vocab_size: int = 4096) -> Path:
     """A BPE tokenizer trained on the bench shards, cached under ~/.cache/tinyllm/bench by their content."""
     import hashlib
 
-    from tinyllm.data import write_tiny_txt
+    from tinyllm.shards import write_tiny_txt
     from tinyllm.tokenizer import train_tokenizer
 
     shards = sorted(shard_dir.glob("data*.json"))
@@ -79,7 +79,7 @@ def bench_pretokenize(threads: int) -> dict[str, float]:
 
     import numpy as np
 
-    from tinyllm.data import pretokenize_shard
+    from tinyllm.shards import pretokenize_shard
     from tinyllm.tokenizer import Tokenizer
 
     shard = DEFAULT_BENCH_DATA / "data01.json"

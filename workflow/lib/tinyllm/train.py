@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllm.data import PretokDataset, iter_batches, split_shards
+from tinyllm.batches import PretokDataset, iter_batches, split_shards
 from tinyllm.files import atomic_output
 from tinyllm.model import ModelArgs, Transformer
 

@@ -1,32 +1,24 @@
-"""tinyllm.data: archive extraction, tiny.txt, pretokenization, and the training batch stream."""
+"""tinyllm.shards: archive extraction, reading stories, tiny.txt and pretokenization."""
 
 from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_tar_gz
-from tinyllm import data
-from tinyllm.data import (
+from tinyllm import shards
+from tinyllm.shards import (
     ArchiveError,
-    PretokDataset,
     ShardFormatError,
     extract_shard,
-    iter_batches,
     load_stories,
     pretokenize_shard,
     write_tiny_txt,
 )
 from tinyllm.tokenizer import Tokenizer
-
-torch.set_num_threads(1)
-
 
 # --- extract ------------------------------------------------------------------------------------------------
 
@@ -179,116 +171,7 @@ def test_vocabulary_beyond_uint16_is_refused(shards_dir, small_tokenizer, tmp_pa
             super().__init__(path)
             self.n_words = 70_000
 
-    monkeypatch.setattr(data, "Tokenizer", HugeVocab)
+    monkeypatch.setattr(shards, "Tokenizer", HugeVocab)
     with pytest.raises(ValueError, match="70000 tokens does not fit uint16"):
         pretokenize_shard(shards_dir / "data00.json", small_tokenizer, tmp_path / "data00.bin")
     assert not (tmp_path / "data00.bin").exists()
-
-
-# --- PretokDataset and iter_batches -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def bin_dir(tmp_path):
-    """Shards whose tokens tell where they came from: shard k holds k * 10000 + 0, 1, 2, ..."""
-    for shard, length in enumerate([300, 2000, 800]):
-        (shard * 10_000 + np.arange(length)).astype("<u2").tofile(tmp_path / f"data{shard:02d}.bin")
-    return tmp_path
-
-
-def take(batches, n):
-    return [next(batches) for _ in range(n)]
-
-
-def assert_same_stream(a, b):
-    assert len(a) == len(b)
-    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-
-
-def test_batches_are_contiguous_windows_with_shifted_targets(bin_dir):
-    for x, y in take(iter_batches(bin_dir, "train", 8, 32, "cpu"), 5):
-        assert x.shape == y.shape == (8, 32) and x.dtype == y.dtype == torch.int64
-        assert torch.equal(x[:, 1:], y[:, :-1])
-        assert torch.all(y - x == 1)  # consecutive tokens of one shard: the window never straddles shards
-
-
-def test_splits_read_their_own_shards(bin_dir):
-    val = torch.cat([x for x, _ in take(iter_batches(bin_dir, "val", 8, 32, "cpu"), 10)])
-    train = torch.cat([x for x, _ in take(iter_batches(bin_dir, "train", 8, 32, "cpu"), 20)])
-    assert set((val // 10_000).unique().tolist()) == {0}
-    assert set((train // 10_000).unique().tolist()) == {1, 2}
-
-
-def test_an_explicit_shard_list_ignores_other_shards_in_the_folder(bin_dir):
-    """The train rule passes its inputs: shards of an earlier run with more data.shards must not leak in."""
-    chosen = [bin_dir / "data00.bin", bin_dir / "data01.bin"]
-    train = torch.cat([x for x, _ in take(iter_batches(chosen, "train", 8, 32, "cpu"), 20)])
-    assert set((train // 10_000).unique().tolist()) == {1}
-    with pytest.raises(FileNotFoundError, match="no pretokenized shards for the 'train' split"):
-        iter_batches(chosen[:1], "train", 8, 32, "cpu").__next__()
-
-
-def test_same_seed_same_stream_and_resume_matches(bin_dir):
-    full = take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=7), 10)
-    assert_same_stream(full, take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=7), 10))
-    resumed = take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=7, start_batch=6), 4)
-    assert_same_stream(full[6:], resumed)
-    other_seed = take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=8), 10)
-    assert not all(torch.equal(a[0], b[0]) for a, b in zip(full, other_seed, strict=True))
-
-
-def test_ranks_get_different_streams(bin_dir):
-    rank0 = take(iter_batches(bin_dir, "train", 4, 16, "cpu", rank=0, world_size=2), 5)
-    rank1 = take(iter_batches(bin_dir, "train", 4, 16, "cpu", rank=1, world_size=2), 5)
-    assert not any(torch.equal(a[0], b[0]) for a, b in zip(rank0, rank1, strict=True))
-    with pytest.raises(ValueError, match="rank 2"):
-        PretokDataset(bin_dir, "train", 16, rank=2, world_size=2)
-
-
-def test_dataloader_workers_do_not_change_the_stream(bin_dir):
-    plain = take(iter_batches(bin_dir, "train", 4, 16, "cpu", start_batch=3), 6)
-    workers = take(iter_batches(bin_dir, "train", 4, 16, "cpu", start_batch=3, num_workers=2), 6)
-    assert_same_stream(plain, workers)
-
-
-def test_dataset_items_follow_batch_order(bin_dir):
-    dataset = PretokDataset(bin_dir, "train", 16, batch_size=3, start_batch=2)
-    assert isinstance(dataset, torch.utils.data.IterableDataset)
-    items = iter(dataset)
-    x2, y2 = dataset.batch_arrays(2)
-    for row in range(3):
-        x, y = next(items)
-        assert x.shape == (16,) and np.array_equal(x.numpy(), x2[row]) and np.array_equal(y.numpy(), y2[row])
-    assert np.array_equal(next(items)[0].numpy(), dataset.batch_arrays(3)[0][0])
-
-
-def test_dataset_errors_name_the_folder(bin_dir, tmp_path):
-    (bin_dir / "data02.bin").unlink()
-    (bin_dir / "data01.bin").unlink()
-    with pytest.raises(FileNotFoundError, match=f"{bin_dir}.*'train'"):
-        PretokDataset(bin_dir, "train", 16)
-    with pytest.raises(ValueError, match=f"{bin_dir}.*data00.bin holds fewer than max_seq_len"):
-        PretokDataset(bin_dir, "val", 300)
-    with pytest.raises(ValueError, match="split must be"):
-        PretokDataset(bin_dir, "test", 16)
-
-
-# --- rule-script logging ------------------------------------------------------------------------------------
-
-
-def test_log_stderr_to_sends_traceback_to_log_and_one_line_to_console(tmp_path):
-    log = tmp_path / "job.log"
-    script = (
-        "import os, sys\n"
-        "from tinyllm.data import log_stderr_to, DownloadError\n"
-        f"log_stderr_to({str(log)!r})\n"
-        "print('python stderr line', file=sys.stderr)\n"
-        "os.write(2, b'native stderr line\\n')\n"
-        "raise DownloadError('HTTP 404 Not Found: http://example.org/x.tar.gz')\n"
-    )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert run.returncode == 1
-    assert run.stderr == "DownloadError: HTTP 404 Not Found: http://example.org/x.tar.gz\n"
-    logged = log.read_text()
-    assert "python stderr line" in logged and "native stderr line" in logged and "Traceback" in logged

@@ -1,0 +1,93 @@
+"""tinyllm.batches: the training batch stream from pretokenized shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tinyllm.batches import PretokDataset, iter_batches
+
+torch.set_num_threads(1)
+
+
+# --- PretokDataset and iter_batches -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bin_dir(tmp_path):
+    """Shards whose tokens tell where they came from: shard k holds k * 10000 + 0, 1, 2, ..."""
+    for shard, length in enumerate([300, 2000, 800]):
+        (shard * 10_000 + np.arange(length)).astype("<u2").tofile(tmp_path / f"data{shard:02d}.bin")
+    return tmp_path
+
+
+def take(batches, n):
+    return [next(batches) for _ in range(n)]
+
+
+def assert_same_stream(a, b):
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_batches_are_contiguous_windows_with_shifted_targets(bin_dir):
+    for x, y in take(iter_batches(bin_dir, "train", 8, 32, "cpu"), 5):
+        assert x.shape == y.shape == (8, 32) and x.dtype == y.dtype == torch.int64
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        assert torch.all(y - x == 1)  # consecutive tokens of one shard: the window never straddles shards
+
+
+def test_splits_read_their_own_shards(bin_dir):
+    val = torch.cat([x for x, _ in take(iter_batches(bin_dir, "val", 8, 32, "cpu"), 10)])
+    train = torch.cat([x for x, _ in take(iter_batches(bin_dir, "train", 8, 32, "cpu"), 20)])
+    assert set((val // 10_000).unique().tolist()) == {0}
+    assert set((train // 10_000).unique().tolist()) == {1, 2}
+
+
+def test_an_explicit_shard_list_ignores_other_shards_in_the_folder(bin_dir):
+    """The train rule passes its inputs: shards of an earlier run with more data.shards must not leak in."""
+    chosen = [bin_dir / "data00.bin", bin_dir / "data01.bin"]
+    train = torch.cat([x for x, _ in take(iter_batches(chosen, "train", 8, 32, "cpu"), 20)])
+    assert set((train // 10_000).unique().tolist()) == {1}
+    with pytest.raises(FileNotFoundError, match="no pretokenized shards for the 'train' split"):
+        iter_batches(chosen[:1], "train", 8, 32, "cpu").__next__()
+
+
+def test_same_seed_same_stream_and_resume_matches(bin_dir):
+    full = take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=7), 10)
+    assert_same_stream(full, take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=7), 10))
+    resumed = take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=7, start_batch=6), 4)
+    assert_same_stream(full[6:], resumed)
+    other_seed = take(iter_batches(bin_dir, "train", 4, 16, "cpu", seed=8), 10)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(full, other_seed, strict=True))
+
+
+def test_ranks_get_different_streams(bin_dir):
+    rank0 = take(iter_batches(bin_dir, "train", 4, 16, "cpu", rank=0, world_size=2), 5)
+    rank1 = take(iter_batches(bin_dir, "train", 4, 16, "cpu", rank=1, world_size=2), 5)
+    assert not any(torch.equal(a[0], b[0]) for a, b in zip(rank0, rank1, strict=True))
+    with pytest.raises(ValueError, match="rank 2"):
+        PretokDataset(bin_dir, "train", 16, rank=2, world_size=2)
+
+
+def test_stream_is_the_datasets_batches_in_order(bin_dir):
+    """Batch b depends on (seed, rank, b) alone: iter_batches from start_batch s yields batch s, s + 1, ..."""
+    dataset = PretokDataset(bin_dir, "train", 16, seed=3, batch_size=3)
+    stream = take(iter_batches(bin_dir, "train", 3, 16, "cpu", seed=3, start_batch=2), 4)
+    for got, batch in zip(stream, range(2, 6), strict=True):
+        x, y = dataset.batch_arrays(batch)
+        assert np.array_equal(got[0].numpy(), x) and np.array_equal(got[1].numpy(), y)
+    with pytest.raises(ValueError, match="start_batch"):
+        next(iter_batches(bin_dir, "train", 3, 16, "cpu", start_batch=-1))
+
+
+def test_dataset_errors_name_the_folder(bin_dir, tmp_path):
+    (bin_dir / "data02.bin").unlink()
+    (bin_dir / "data01.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{bin_dir}.*'train'"):
+        PretokDataset(bin_dir, "train", 16)
+    with pytest.raises(ValueError, match=f"{bin_dir}.*data00.bin holds fewer than max_seq_len"):
+        PretokDataset(bin_dir, "val", 300)
+    with pytest.raises(ValueError, match="split must be"):
+        PretokDataset(bin_dir, "test", 16)

@@ -1,0 +1,120 @@
+"""Training batches from pretokenized shards (flat uint16 token ids, see tinyllm.shards).
+
+Batch number b of a split is a pure function of (seed, rank, b), so a resumed run sees exactly the batches an
+uninterrupted one would, and each data-parallel rank its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+VAL_SHARD = "data00.bin"
+SPLITS = ("train", "val")
+
+
+def split_shards(bin_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str) -> list[Path]:
+    """The pretokenized shards of one split: data00.bin is "val", every other data*.bin is "train".
+
+    bin_dir is a folder (every data*.bin in it) or an explicit list of .bin files, as the train rule passes
+    its inputs: a folder may still hold shards of an earlier run with more data.shards.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    if isinstance(bin_dir, (str, os.PathLike)):
+        where = Path(bin_dir)
+        shards = sorted(where.glob("data*.bin"))
+    else:
+        shards = sorted(Path(p) for p in bin_dir)
+        where = shards[0].parent if shards else Path(".")
+    chosen = [p for p in shards if (p.name == VAL_SHARD) == (split == "val")]
+    if not chosen:
+        raise FileNotFoundError(f"{where}: no pretokenized shards for the {split!r} split (data*.bin)")
+    return chosen
+
+
+class PretokDataset:
+    """(x, y) windows of max_seq_len tokens from the pretokenized shards of one split, batch by batch.
+
+    Batch number b (0-based) consists of batch_size windows drawn by a numpy Generator seeded with
+    (seed, rank, b): uniform over every window start in the split, so longer shards are sampled more.
+    """
+
+    def __init__(
+        self,
+        bin_dir: str | os.PathLike | Sequence[str | os.PathLike],  # a folder of data*.bin or the files
+        split: str,
+        max_seq_len: int,
+        seed: int = 1337,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_size: int = 1,
+    ):
+        if max_seq_len < 1 or batch_size < 1:
+            raise ValueError("max_seq_len and batch_size must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.split = split
+        self.max_seq_len = max_seq_len
+        self.seed = seed
+        self.rank = rank
+        self.batch_size = batch_size
+        self.shards = split_shards(bin_dir, split)
+        lengths = np.array([p.stat().st_size // 2 for p in self.shards], dtype=np.int64)
+        short = [p.name for p, n in zip(self.shards, lengths, strict=True) if n < max_seq_len + 1]
+        if short:
+            raise ValueError(
+                f"{self.shards[0].parent}: shard {short[0]} holds fewer than "
+                f"max_seq_len + 1 = {max_seq_len + 1} tokens"
+            )
+        # A window of max_seq_len + 1 tokens can start at 0 .. n - max_seq_len - 1 in a shard of n tokens.
+        self._window_starts = lengths - max_seq_len
+        self._cumulative = np.cumsum(self._window_starts)
+        self._memmaps = [np.memmap(p, dtype=np.dtype("<u2"), mode="r") for p in self.shards]
+
+    def windows(self, batch: int) -> list[tuple[int, int]]:
+        """The (shard index, token offset) of each window in batch number `batch`."""
+        rng = np.random.default_rng([self.seed, self.rank, batch])
+        picks = rng.integers(0, self._cumulative[-1], size=self.batch_size)
+        shard_ids = np.searchsorted(self._cumulative, picks, side="right")
+        offsets = picks - (self._cumulative[shard_ids] - self._window_starts[shard_ids])
+        return [(int(s), int(o)) for s, o in zip(shard_ids, offsets, strict=True)]
+
+    def batch_arrays(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch number `batch`: int64 x, y of shape (batch_size, max_seq_len), y = x shifted by one."""
+        length = self.max_seq_len + 1
+        chunk = np.stack([self._memmaps[s][o : o + length] for s, o in self.windows(batch)]).astype(np.int64)
+        return np.ascontiguousarray(chunk[:, :-1]), np.ascontiguousarray(chunk[:, 1:])
+
+
+def iter_batches(
+    bin_dir: str | os.PathLike | Sequence[str | os.PathLike],
+    split: str,
+    batch_size: int,
+    max_seq_len: int,
+    device,
+    seed: int = 1337,
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
+):
+    """Yield (x, y) int64 tensors of shape (batch_size, max_seq_len) on device: batch start_batch, then on."""
+    import torch  # the data rules import this package without torch (envs/data.yaml has none)
+
+    if start_batch < 0:
+        raise ValueError("start_batch must be >= 0")
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    dataset = PretokDataset(
+        bin_dir, split, max_seq_len, seed=seed, rank=rank, world_size=world_size, batch_size=batch_size
+    )
+    batch = start_batch
+    while True:
+        x, y = (torch.from_numpy(a) for a in dataset.batch_arrays(batch))
+        if on_cuda:  # pinned host memory lets the copy overlap with compute
+            x, y = x.pin_memory(), y.pin_memory()
+        yield x.to(device, non_blocking=on_cuda), y.to(device, non_blocking=on_cuda)
+        batch += 1

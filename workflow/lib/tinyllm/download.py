@@ -1,0 +1,235 @@
+"""Fetch the TinyStories archive from an http(s) URL, a file:// URL or a local path; resume, retry, check.
+
+The archive appears at its output only whole and checked (renamed into place), so neither a crash nor a bad
+download leaves a file that looks done.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from tinyllm.files import current_umask
+
+RETRY_STATUS = frozenset({408, 425, 429})  # besides every 5xx: the server may answer next time
+
+
+class DownloadError(RuntimeError):
+    """The archive could not be fetched or is not what was asked for. str() is one line naming the URL."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class _Retry(Exception):
+    """A transient failure: worth another attempt after a pause."""
+
+
+def part_path(output: str | os.PathLike) -> Path:
+    """Where a download in progress accumulates: beside the output, kept across runs to resume from."""
+    output = Path(output)
+    return output.with_name(output.name + ".part")
+
+
+def download_archive(
+    url: str,
+    output: str | os.PathLike,
+    sha256: str | None = None,
+    *,
+    retries: int = 5,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 16,  # small reads: a dropped connection loses at most one partial read
+    progress: bool = True,
+) -> Path:
+    """Fetch the TinyStories archive from an http(s) URL, a file:// URL or a local path into output.
+
+    HTTP downloads stream into `<output>.part` and resume from it with a Range request, so an interrupted
+    download (this run or an earlier one) continues where it stopped. Connection errors, timeouts and 5xx
+    answers are retried `retries` times with exponential backoff starting at `backoff` seconds; other 4xx
+    answers fail at once. The result must match `sha256` when given and be a gzip-compressed tar, or it is
+    deleted and DownloadError raised. The output appears only complete and checked (rename).
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        part = part_path(output)
+        size_confirmed = _download_http(url, part, retries, backoff, timeout, chunk_size, progress)
+        # Without a length from the server, only reading the gzip stream to its end shows it is whole.
+        _publish_checked(part, output, url, sha256, whole_stream=not size_confirmed)
+    elif parsed.scheme in ("file", "") or len(parsed.scheme) == 1:  # one letter: a Windows drive
+        source = Path(unquote(parsed.path) if parsed.scheme == "file" else url)
+        if not source.is_file():
+            raise DownloadError(f"archive not found: {url}")
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)  # copies content only: tmp keeps mkstemp's private mode
+            os.chmod(tmp, 0o666 & ~current_umask())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _publish_checked(Path(tmp), output, url, sha256)
+    else:
+        raise DownloadError(f"unsupported URL scheme {parsed.scheme!r}: {url}")
+    return output
+
+
+def _download_http(url, part: Path, retries, backoff, timeout, chunk_size, progress) -> bool:
+    """Fetch url into part, retrying; return whether its size matched the length the server announced."""
+    for attempt in range(retries + 1):
+        try:
+            return _fetch_into(url, part, timeout, chunk_size, progress)
+        except _Retry as err:
+            if attempt == retries:
+                raise DownloadError(f"download failed after {retries + 1} attempts: {err} ({url})") from None
+            wait = backoff * 2**attempt
+            print(f"download: {err}; retrying in {wait:g}s", file=sys.stderr)
+            time.sleep(wait)
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) from a Content-Range header such as "bytes 100-199/1000" or "bytes */1000"."""
+    if not header or not header.startswith("bytes "):
+        return None, None
+    span, _, total = header[len("bytes ") :].partition("/")
+    first = span.partition("-")[0]
+    return (int(first) if first.isdigit() else None), (int(total) if total.isdigit() else None)
+
+
+def _short_reason(err: Exception) -> str:
+    """The system's words in a requests error ("[Errno 111] Connection refused"), else the error's type."""
+    found = re.search(r"\[Errno -?\d+\] [^'\")]+", str(err))
+    return found.group(0).strip() if found else type(err).__name__
+
+
+def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress: bool) -> bool:
+    """One attempt: append what the server sends to part (or restart it); raise _Retry if worth retrying.
+
+    Returns whether the server announced the full size (and part now has exactly that many bytes).
+    """
+    import requests  # only downloads need it
+    from tqdm import tqdm
+
+    have = part.stat().st_size if part.exists() else 0
+    # identity: a transparently decompressed body could be neither resumed by byte offset nor checksummed.
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = requests.get(url, headers=headers, stream=True, timeout=timeout)
+    except (requests.ConnectionError, requests.Timeout) as err:
+        raise _Retry(f"cannot connect ({_short_reason(err)})") from None
+    except requests.RequestException as err:
+        raise DownloadError(f"{type(err).__name__}: {err} ({url})") from None
+    with response:
+        status, reason = response.status_code, response.reason
+        if status == 416:  # the range starts at or past the end: complete already, or the file changed
+            if _content_range(response.headers.get("Content-Range"))[1] == have:
+                return True
+            part.unlink(missing_ok=True)
+            raise _Retry("server refused the resume range (HTTP 416); starting over")
+        if status >= 500 or status in RETRY_STATUS:
+            raise _Retry(f"HTTP {status} {reason}")
+        if status >= 400:
+            raise DownloadError(f"HTTP {status} {reason}: {url}")
+        if status == 206:
+            first, total = _content_range(response.headers.get("Content-Range"))
+            if first != have:
+                part.unlink(missing_ok=True)
+                raise _Retry(f"server resumed at byte {first} instead of {have}; starting over")
+        elif status == 200:  # the whole file: no Range sent, or the server ignored it
+            if have:
+                print("download: the server ignored the resume request; starting over", file=sys.stderr)
+            have = 0
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        else:
+            raise DownloadError(f"unexpected HTTP {status} {reason}: {url}")
+
+        interactive = sys.stderr.isatty()
+        with (
+            open(part, "ab" if have else "wb") as f,
+            tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name,
+                disable=not progress, mininterval=0.5 if interactive else 10.0,
+            ) as bar,
+        ):  # fmt: skip
+            try:
+                for chunk in response.iter_content(chunk_size):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            except requests.RequestException as err:
+                raise _Retry(f"connection lost after {f.tell()} bytes ({_short_reason(err)})") from None
+    size = part.stat().st_size
+    if total is not None and size != total:
+        if size > total:
+            part.unlink()
+        raise _Retry(f"transfer ended at {size} of {total} bytes")
+    return total is not None
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _publish_checked(
+    candidate: Path, output: Path, url: str, sha256: str | None, whole_stream: bool = False
+) -> None:
+    """Rename candidate to output if it passes the checks; otherwise delete it and raise DownloadError.
+
+    The gzip-tar check reads the first member only, or with whole_stream the entire gzip stream (its
+    checksum and length trailer reveal a truncated file).
+    """
+    try:
+        if sha256:
+            actual = file_sha256(candidate)
+            if actual.lower() != sha256.lower():
+                raise DownloadError(f"sha256 mismatch: expected {sha256.lower()}, got {actual} for {url}")
+        problem = _not_a_gzip_tar(candidate) or (_gzip_stream_problem(candidate) if whole_stream else None)
+        if problem:
+            raise DownloadError(f"not a gzip-compressed tar archive ({problem}): {url}")
+    except BaseException:
+        candidate.unlink(missing_ok=True)  # a bad file must neither be used nor resumed
+        raise
+    os.replace(candidate, output)
+
+
+def _not_a_gzip_tar(path: Path) -> str | None:
+    """Why path is not a gzip-compressed tar, or None. Reads only the first member's header: cheap."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return "no gzip header"
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            if tar.next() is None:
+                return "empty archive"
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _gzip_stream_problem(path: Path) -> str | None:
+    """Why path's gzip stream is incomplete or corrupt, or None; decompresses it all."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
