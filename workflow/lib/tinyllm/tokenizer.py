@@ -231,6 +231,9 @@ class _WordCache:
         return out
 
 
+# Why a protobuf reader of our own: SentencePieceProcessor (0.2) tells neither the model type nor whether the
+# normalizer rewrites characters, and sentencepiece_model_pb2, which does, needs the protobuf package, not a
+# dependency here. Probing with normalize() cannot prove that no character is rewritten; the map can.
 BPE_MODEL_TYPE = 2  # TrainerSpec.ModelType.BPE in sentencepiece_model.proto
 
 
