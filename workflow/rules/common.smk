@@ -1,26 +1,25 @@
-# Paths and helpers shared by the stages. Paths derive from the validated config only.
+# Paths and helpers shared by the stages. Every path comes from tinyllm.paths, which the CLI reads too.
 
-import hashlib
-
-LIB_DIR = Path(workflow.basedir) / "workflow" / "lib"
+from tinyllm import paths
+from tinyllm.codehash import code_hash
 
 SHARDS = [f"{i:02d}" for i in range(config["data"]["shards"])]
 VOCAB = config["tokenizer"]["vocab_size"]
 
-ARCHIVE = "results/data/TinyStories_all_data.tar.gz"
-SHARD_JSON = "results/data/TinyStories_all_data/data{shard}.json"
-TINY_TXT = "results/data/tiny.txt"
-TOK_DIR = f"results/tok{VOCAB}"
-TOK_MODEL = f"{TOK_DIR}/tok{VOCAB}.model"
-TOK_VOCAB = f"{TOK_DIR}/tok{VOCAB}.vocab"
-TOK_BIN = f"{TOK_DIR}/tok{VOCAB}.bin"
-SHARD_BIN = f"{TOK_DIR}/data{{shard}}.bin"
-TRAIN_DIR = "results/train"
-CKPT = f"{TRAIN_DIR}/ckpt.pt"
-SAMPLES = "results/samples.txt"
-EXPORT_RUNC = "results/export/model.bin"
+ARCHIVE = paths.ARCHIVE
+SHARD_JSON = paths.SHARD_JSON
+TINY_TXT = paths.TINY_TXT
+TOK_DIR = paths.tokenizer_dir(VOCAB)
+TOK_MODEL = paths.tokenizer_model(VOCAB)
+TOK_VOCAB = TOK_MODEL.removesuffix(".model") + ".vocab"
+TOK_BIN = TOK_MODEL.removesuffix(".model") + ".bin"
+SHARD_BIN = paths.shard_bin(VOCAB)
+TRAIN_DIR = paths.TRAIN_DIR
+CKPT = paths.CKPT
+SAMPLES = paths.SAMPLES
+EXPORT_RUNC = f"{paths.EXPORT_DIR}/model.bin"
 EXPORT_HF = expand(
-    "results/export/hf/{name}",
+    f"{paths.EXPORT_DIR}/hf/{{name}}",
     name=["config.json", "model.safetensors", "tokenizer.model"],
 )
 
@@ -29,12 +28,10 @@ wildcard_constraints:
     shard=r"\d{2}",
 
 
-def library_hash(*modules):
-    """sha256 over the tinyllm modules that a rule imports; in its params, editing them reruns it.
+def library_hash(script):
+    """The code a rule runs (its script and every tinyllm module that imports, transitively), as a hash.
 
-    Snakemake's code trigger sees only the rule's own script, not the library it imports.
+    In a rule's params, editing any of that code reruns the rule; Snakemake's own code trigger sees only
+    the script. `script` is the file name under workflow/scripts.
     """
-    digest = hashlib.sha256()
-    for name in modules:
-        digest.update((LIB_DIR / "tinyllm" / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return code_hash(Path(workflow.basedir) / "workflow" / "scripts" / script)

@@ -28,6 +28,8 @@ rule extract:
         "benchmarks/extract/data{shard}.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        code=library_hash("extract.py"),
     script:
         "../scripts/extract.py"
 
@@ -43,5 +45,7 @@ rule tiny_txt:
         "benchmarks/tiny_txt/tiny_txt.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        code=library_hash("tiny_txt.py"),
     script:
         "../scripts/tiny_txt.py"

@@ -13,7 +13,7 @@ rule export_runc:
     conda:
         "../../envs/torch.yaml"
     params:
-        code=library_hash("model.py", "export.py", "tokenizer.py"),
+        code=library_hash("export_runc.py"),
     script:
         "../scripts/export_runc.py"
 
@@ -31,6 +31,6 @@ rule export_hf:
     conda:
         "../../envs/torch.yaml"
     params:
-        code=library_hash("model.py", "export.py", "tokenizer.py"),
+        code=library_hash("export_hf.py"),
     script:
         "../scripts/export_hf.py"

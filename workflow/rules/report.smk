@@ -23,7 +23,7 @@ rule report_summary:
     conda:
         "../../envs/data.yaml"
     params:
-        code=library_hash("report.py"),
+        code=library_hash("report_summary.py"),
     script:
         "../scripts/report_summary.py"
 
@@ -40,6 +40,6 @@ rule report_config:
     params:
         # The whole validated config: any edit rewrites this file.
         config=config,
-        code=library_hash("report.py"),
+        code=library_hash("report_config.py"),
     script:
         "../scripts/report_config.py"

@@ -16,6 +16,6 @@ rule sample:
     threads: 2
     params:
         sample=config["sample"],
-        code=library_hash("model.py", "generate.py", "tokenizer.py"),
+        code=library_hash("sample.py"),
     script:
         "../scripts/sample.py"

@@ -37,6 +37,6 @@ rule pretokenize:
     conda:
         "../../envs/data.yaml"
     params:
-        code=library_hash("tokenizer.py", "shards.py"),
+        code=library_hash("pretokenize.py"),
     script:
         "../scripts/pretokenize.py"

@@ -30,6 +30,6 @@ rule train:
         model=config["model"],
         train=config["train"],
         state_dir=f"{TRAIN_DIR}/state",
-        code=library_hash("model.py", "train.py", "batches.py"),
+        code=library_hash("train.py"),
     script:
         "../scripts/train.py"
