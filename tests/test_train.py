@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from tinyllm import train as training
+from tinyllm.checkpoint import save_checkpoint
 from tinyllm.config import validate_config
 from tinyllm.model import Transformer, load_model
 from tinyllm.shards import load_stories
@@ -112,7 +113,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(3)
     np.random.seed(3)
     random.seed(3)
-    training.save_atomic({"rng": training.rng_state()}, tmp_path / "rng.pt")
+    save_checkpoint({"rng": training.rng_state()}, tmp_path / "rng.pt")
     first = (torch.rand(3), np.random.rand(3), random.random())
     training.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     second = (torch.rand(3), np.random.rand(3), random.random())
@@ -137,8 +138,13 @@ def test_checkpoints_round_trip(finished_run):
     assert best["val_loss"] == pytest.approx(summary["best_val_loss"])
     assert best["val_loss"] <= final["val_loss"]
     state = torch.load(out / "state" / "state.pt", weights_only=True)
-    assert state["iter_num"] == 24 and state["data_batch"] == 24 * 2
-    assert set(state) >= {"model", "optimizer", "rng", "config", "model_args", "best_val_loss", "metrics"}
+    assert state["iter_num"] == 24 and state["config"] == tiny_config() and state["world_size"] == 1
+    assert set(state) == {
+        "model", "model_args", "config", "iter_num", "val_loss",  # the weights checkpoint's layout
+        "format", "world_size", "inputs", "optimizer", "scaler", "rng", "best_val_loss", "elapsed_s",
+        "metrics",
+    }  # fmt: skip
+    assert set(state["inputs"]) == {"data00.bin", "data01.bin", "tok.model"}
 
 
 def test_metrics_and_plot_are_written(finished_run):
@@ -155,6 +161,8 @@ def test_metrics_and_plot_are_written(finished_run):
         assert float(row["val_bpb"]) == pytest.approx(float(row["val_loss"]) * ratio)
     assert float(evals[-1]["val_loss"]) < float(evals[0]["val_loss"]) - 0.3  # it learned something
     assert all(float(r["tokens_per_s"]) > 0 and 0 < float(r["mfu"]) < 1 for r in steps)
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert elapsed[0] == 0 and elapsed == sorted(elapsed) and elapsed[-1] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -228,7 +236,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, finished_r
     assert summary["val_loss"] == reference["val_loss"]
 
     def losses(path: Path) -> list[dict]:  # everything but the timings
-        timings = ("tokens_per_s", "mfu")
+        timings = ("tokens_per_s", "mfu", "elapsed_s")
         return [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(path)]
 
     assert losses(tmp_path / "metrics.csv") == losses(reference_out / "metrics.csv")
@@ -243,8 +251,7 @@ def test_config_change_starts_fresh_and_keeps_the_old_state(tiny_data, finished_
     assert "train.learning_rate: 0.003 -> 0.001" in log and "starting fresh" in log
     assert summary["iter_num"] == 8
     assert [int(r["iter"]) for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "eval"] == [0, 8]
-    (stale,) = (tmp_path / "state").glob("stale-*")
-    old = torch.load(stale / "state.pt", weights_only=True)
+    old = torch.load(tmp_path / "state" / "stale" / "state.pt", weights_only=True)
     assert old["iter_num"] == 24 and old["config"] == tiny_config()
     assert torch.load(tmp_path / "state" / "state.pt", weights_only=True)["config"] == config
 
@@ -256,8 +263,8 @@ def test_non_finite_loss_stops_naming_the_iteration(tiny_data, tmp_path, monkeyp
     real_forward = Transformer.forward
     steps = {"micro": 0}
 
-    def forward_turning_nan(self, tokens, targets=None, cache=None, start_pos=0):
-        logits, loss = real_forward(self, tokens, targets, cache, start_pos)
+    def forward_turning_nan(self, tokens, targets=None):
+        logits, loss = real_forward(self, tokens, targets)
         if self.training:
             steps["micro"] += 1
             if steps["micro"] > 2 * 10:  # 2 micro-steps per iteration: iteration 11 goes bad
@@ -271,3 +278,128 @@ def test_non_finite_loss_stops_naming_the_iteration(tiny_data, tmp_path, monkeyp
     assert "iteration 11" in message and "iteration 8" in message and "\n" not in message
     assert torch.load(tmp_path / "state" / "state.pt", weights_only=True)["iter_num"] == 8
     assert not (tmp_path / "ckpt.pt").exists()
+
+
+# --- signals: SIGTERM (SLURM's warning before a kill) and SIGINT save the state and stop ----------------
+
+
+def run_child_until_state(settings: dict, tmp_path: Path, sleep: float = 0.03) -> subprocess.Popen:
+    """Start training in a child process, slowed down, and return once its first state checkpoint exists."""
+    import json
+
+    child_log = tmp_path / "child.log"
+    with open(child_log, "wb") as log:  # a file, not a pipe: a full pipe would stall the child
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD.format(lib=str(LIB_DIR), settings=json.dumps(settings))],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    state, deadline = Path(settings["state_dir"]) / "state.pt", time.monotonic() + 120
+    while not state.exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            pytest.fail(f"no state checkpoint within 120 s: {child_log.read_text()}")
+        time.sleep(0.02)
+    return child
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_state_and_a_rerun_ends_as_an_uninterrupted_run(
+    signum, tiny_data, finished_run, tmp_path
+):
+    settings = run_settings(tiny_config(), tiny_data, tmp_path)
+    child = run_child_until_state(settings, tmp_path)
+    time.sleep(0.3)  # past the first state checkpoint (iteration 8), between two others
+    assert child.poll() is None, "the run finished before the signal"
+    child.send_signal(signum)
+    assert child.wait(timeout=60) != 0  # Snakemake must see a failed job, so the state stays
+    log = (tmp_path / "child.log").read_text()
+    name = signal.Signals(signum).name
+    stopped_at = torch.load(tmp_path / "state" / "state.pt", weights_only=True)["iter_num"]
+    assert f"stopped by {name} at iteration {stopped_at}; rerun to resume" in log
+    assert 8 < stopped_at < 24 and stopped_at % 8  # a step between two evaluations was saved
+    assert not (tmp_path / "ckpt.pt").exists()
+
+    training.train(**settings)
+
+    reference_out, _ = finished_run
+    resumed = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
+    uninterrupted = torch.load(reference_out / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted), "resumed weights differ"
+
+
+# --- inputs: checked before the state is touched; the fingerprint covers their content ---------------------
+
+
+def copy_data_and_state(tiny_data, finished_run, tmp_path: Path) -> tuple[Path, Path]:
+    bin_dir, tokenizer = tiny_data
+    data = tmp_path / "data"
+    shutil.copytree(bin_dir, data)
+    reference_out, _ = finished_run
+    shutil.copytree(reference_out / "state", tmp_path / "out" / "state")
+    return data, data / Path(tokenizer).name
+
+
+def test_a_shard_changed_in_place_is_not_resumed_and_the_change_is_named(tiny_data, finished_run, tmp_path,
+                                                                          capsys):  # fmt: skip
+    data, tokenizer = copy_data_and_state(tiny_data, finished_run, tmp_path)
+    shard = data / "data01.bin"
+    ids = np.fromfile(shard, dtype="<u2")
+    ids[100:110] = ids[200:210]  # other valid tokens, same size
+    ids.tofile(shard)
+    config = tiny_config(max_iters=8)
+    training.train(**run_settings(config, (data, tokenizer), tmp_path / "out"))
+    log = capsys.readouterr().err
+    assert "data01.bin changed content" in log and "starting fresh" in log
+    assert torch.load(tmp_path / "out" / "state" / "stale" / "state.pt", weights_only=True)["iter_num"] == 24
+
+
+@pytest.mark.parametrize("damage", ["id beyond the vocabulary", "odd size"])
+def test_a_bad_shard_fails_naming_it_before_the_state_is_touched(damage, tiny_data, finished_run, tmp_path):
+    data, tokenizer = copy_data_and_state(tiny_data, finished_run, tmp_path)
+    shard = data / "data01.bin"
+    if damage == "odd size":
+        with open(shard, "ab") as f:
+            f.write(b"\x01")
+    else:
+        ids = np.fromfile(shard, dtype="<u2")
+        ids[50] = 600  # the vocabulary has 512 tokens
+        ids.tofile(shard)
+    state = tmp_path / "out" / "state" / "state.pt"
+    before = state.read_bytes()
+    with pytest.raises(ValueError) as caught:
+        training.train(**run_settings(tiny_config(), (data, tokenizer), tmp_path / "out"))
+    message = str(caught.value)
+    assert "data01.bin" in message and "\n" not in message
+    if damage == "odd size":
+        assert "bytes is not a whole number of 2-byte token ids" in message
+    else:
+        assert "600" in message and "512" in message
+    assert state.read_bytes() == before and not (tmp_path / "out" / "state" / "stale").exists()
+
+
+# --- the loop reads losses at log steps only, and projects the run's length --------------------------------
+
+
+def test_losses_are_read_once_per_log_interval(tiny_data, tmp_path, monkeypatch):
+    reads = []
+    real_read = training.Run.read_losses
+
+    def counting_read(self, pending):
+        reads.append([it for it, _ in pending])
+        return real_read(self, pending)
+
+    monkeypatch.setattr(training.Run, "read_losses", counting_read)
+    training.train(**run_settings(tiny_config(log_interval=4, max_iters=16), tiny_data, tmp_path))
+    batches = [r for r in reads if r]
+    assert batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+
+
+def test_the_projected_wall_time_is_logged_and_a_long_cpu_run_is_pointed_at_the_preset(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(training, "CPU_WARNING_SECONDS", 0)
+    training.train(**run_settings(tiny_config(max_iters=training.PROJECTION_STEPS + 4), tiny_data, tmp_path))
+    log = capsys.readouterr().err
+    (line,) = [line for line in log.splitlines() if "projected wall time" in line]
+    assert f"for {training.PROJECTION_STEPS + 4} iterations" in line and "tokens/s" in line
+    assert "configs/cpu.yaml" in log

@@ -1,14 +1,17 @@
-"""Training: pretokenized shards -> a trained Transformer, resumable after a crash or a kill at any moment.
+"""Training: pretokenized shards -> a trained Transformer, resumable after a crash, a kill or a signal.
 
-`train` is the loop, top to bottom: settings, model, optimizer, resume, then optimizer steps with gradient
-accumulation, periodic evaluation and state checkpoints, and finally the outputs (ckpt.pt, best.pt,
-metrics.csv, loss.png). Run as `python -m tinyllm.train settings.json` (under torchrun) it trains
-data-parallel: each rank reads its own data stream, gradients are averaged on the last micro-step only, and
-rank 0 alone logs and writes.
+`train` reads top to bottom: check the inputs, set up the model and optimizer, resume if a matching state
+exists, then the loop (learning rate, micro-steps, clip, step, log, evaluate and save), then the outputs
+(ckpt.pt, best.pt, metrics.csv, loss.png). Run as `python -m tinyllm.train settings.json` (under torchrun)
+it is one data-parallel rank: each rank reads its own data stream, gradients are averaged on the last
+micro-step only, and rank 0 alone logs and writes.
 
-Resume is exact on CPU: the state checkpoint is taken right after an optimizer step, where the model, the
-optimizer, every RNG and the data position (batches are a pure function of seed, rank and batch index) are
-all that the rest of the run depends on, so a resumed run ends with the same weights as an uninterrupted one.
+Resume is exact on CPU: the state checkpoint (layout in tinyllm.checkpoint) is taken right after an
+optimizer step, where the model, the optimizer, every RNG and the data position (batches are a pure
+function of seed, rank and batch index) are all that the rest of the run depends on.
+
+The loop never waits for the device between log points: losses stay on the device and are read (and checked
+for NaN) every train.log_interval steps and before every save, so a GPU runs ahead of the host.
 """
 
 from __future__ import annotations
@@ -20,135 +23,141 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tinyllm.batches import PretokDataset, iter_batches, split_shards
-from tinyllm.files import atomic_output
+from tinyllm.batches import PretokDataset, check_pretokenized_shard, iter_batches, split_shards
+from tinyllm.checkpoint import STATE_FORMAT, save_checkpoint, weights_checkpoint
+from tinyllm.devices import peak_flops, resolve_device, resolve_dtype, synchronize
 from tinyllm.model import ModelArgs, Transformer
+from tinyllm.optim import configure_optimizer, get_lr, set_lr
 
-STATE_FORMAT = 1  # bump when the state checkpoint's layout changes: older states then start fresh
 STATE_FILE = "state.pt"
 STATE_BEST_FILE = "best.pt"
+STALE_DIR = "stale"  # the last state set aside by a run with other settings or data; one only
 METRIC_COLUMNS = (
     "event", "iter", "tokens", "train_loss", "val_loss", "train_bpb", "val_bpb", "lr", "tokens_per_s", "mfu",
+    "elapsed_s",
 )  # fmt: skip
-# Nominal dense bf16 tensor-core peaks (FLOP/s) of common GPUs; others get a measured matmul peak.
-GPU_BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 TOKENS_PER_BYTE_SAMPLE = 2_000_000  # val tokens decoded for tokens per byte; the ratio is stable by then
+PROJECTION_STEPS = 20  # optimizer steps timed (after the first, which compiles) to project the run's length
+CPU_WARNING_SECONDS = 3 * 3600  # a CPU run projected past this gets a pointer to configs/cpu.yaml
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite. str() is one line naming the iteration and the checkpoint kept."""
 
 
-# --- settings -----------------------------------------------------------------------------------------------
+class TrainingStopped(RuntimeError):
+    """SIGTERM or SIGINT stopped training after an optimizer step whose state was saved; rerun to resume."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """ "auto" is cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+# --- the run's world: ranks, device, signals ----------------------------------------------------------------
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is slow emulation."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+@dataclass
+class World:
+    """This process's place in a (possibly data-parallel) run."""
+
+    rank: int
+    local_rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def log(self, message: str) -> None:
+        if self.master:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
 
 
-def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str | None]:
-    """The autocast dtype to train in, and a note when it differs from the one asked for."""
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    if dtype == torch.bfloat16:
-        if device.type == "cpu" and not cpu_has_bf16_matmul():
-            return torch.float32, "this CPU has no bf16 matmul units (AMX/AVX512-BF16): training in float32"
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float32, "this GPU does not support bf16: training in float32"
-    if dtype != torch.float32 and device.type not in ("cpu", "cuda"):
-        return torch.float32, f"no mixed precision on {device.type}: training in float32"
-    return dtype, None
-
-
-def get_lr(it: int, train_cfg: dict) -> float:
-    """Learning rate of optimizer step `it` (0-based): linear warmup, cosine decay to min_lr at max_iters.
-
-    With decay_lr false the rate is constant. Warmup reaches the peak at step warmup_iters, and step 0 already
-    moves the weights (llama2.c's warmup spends it at lr 0).
-    """
-    peak, min_lr = train_cfg["learning_rate"], train_cfg["min_lr"]
-    warmup, total = train_cfg["warmup_iters"], train_cfg["max_iters"]
-    if not train_cfg["decay_lr"]:
-        return peak
-    if it < warmup:
-        return peak * (it + 1) / (warmup + 1)
-    if it >= total:
-        return min_lr
-    progress = (it - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - min_lr)
-
-
-def configure_optimizer(model: torch.nn.Module, train_cfg: dict, device: torch.device) -> torch.optim.AdamW:
-    """AdamW that decays matrices and embeddings (2+ dimensions) but not norm gains or other vectors."""
-    params = [p for p in model.parameters() if p.requires_grad]  # a tied weight appears once
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": train_cfg["weight_decay"]},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # The fused kernel (one per step, not one per tensor) exists for CUDA and CPU; on CPU it is also faster.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(
-        groups, lr=train_cfg["learning_rate"], betas=(train_cfg["beta1"], train_cfg["beta2"]), fused=fused
-    )
-
-
-# --- speed: FLOPs and peaks ---------------------------------------------------------------------------------
-
-
-def flops_per_token(args: ModelArgs, num_params: int) -> float:
-    """Training FLOPs per token: 6 per parameter (forward and backward matmuls) plus attention.
-
-    Attention counts the two T x T matmuls (scores and weighted values) as dense, 12 * n_layers * dim * T
-    per token over forward and backward, as nanoGPT and the PaLM paper do; the causal half is not discounted.
-    """
-    return 6 * num_params + 12 * args.n_layers * args.dim * args.max_seq_len
-
-
-def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 1024, repeats: int = 5) -> float:
-    """The best FLOP/s of a size x size matmul in dtype on device, with the current thread count (~0.2 s)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-
-    def seconds() -> float:
+def join_world(device_name: str) -> World:
+    """The rank and device from torchrun's environment (one process without it); joins the process group."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if size > 1:
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    seconds()  # warms up the kernels
-    return 2 * size**3 / min(seconds() for _ in range(repeats))
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return World(rank, local_rank, size, device)
 
 
-def peak_flops(dtype: torch.dtype, device: torch.device) -> tuple[float, str]:
-    """Peak FLOP/s for MFU and where it comes from: a GPU's nominal bf16 figure when known, else measured."""
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        name = torch.cuda.get_device_name(device)
-        for model, flops in GPU_BF16_PEAK_FLOPS.items():
-            if model in name:
-                return flops, f"nominal {model}"
-    return matmul_peak_flops(dtype, device), f"measured {str(dtype).removeprefix('torch.')} matmul"
+class StopSignals:
+    """Catches SIGTERM and SIGINT (SLURM's warning before a kill, Ctrl-C) so the loop can save and stop.
+
+    The loop asks `requested()` after each optimizer step. Data-parallel ranks agree on it at log steps only,
+    where they synchronise anyway, so a signal takes effect within train.log_interval steps there.
+    """
+
+    NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers there only
+            for signum in self.NAMES:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def requested(self, world: World, at_log_step: bool) -> str | None:
+        """The name of the signal that asks to stop now, or None."""
+        if not world.distributed:
+            return self.NAMES.get(self.received)
+        if not at_log_step:
+            return None
+        flag = torch.tensor([self.received or 0], device=world.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return self.NAMES.get(int(flag.item()))
 
 
-# --- data helpers -------------------------------------------------------------------------------------------
+# --- inputs: checked before any state is touched ------------------------------------------------------------
+
+
+def check_inputs(bin_dir, tokenizer) -> dict[str, list[Path]]:
+    """Every shard of both splits, checked (even size, ids below the vocabulary): {split: shards}."""
+    shards = {split: split_shards(bin_dir, split) for split in ("val", "train")}
+    for path in (*shards["val"], *shards["train"]):
+        check_pretokenized_shard(path, tokenizer.n_words)
+    return shards
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """blake2b of a file's content: about 1 s per GB, small beside any training run."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+
+
+def inputs_fingerprint(shards: dict[str, list[Path]], tokenizer_model: str | os.PathLike) -> dict:
+    """The content of the data and tokenizer: a state trained on other data must not be resumed."""
+    files = [*shards["val"], *shards["train"], Path(tokenizer_model)]
+    return {path.name: file_digest(path) for path in files}
 
 
 def val_tokens_per_byte(val_bin: str | os.PathLike, tokenizer) -> float:
@@ -172,33 +181,18 @@ def val_tokens_per_byte(val_bin: str | os.PathLike, tokenizer) -> float:
     return len(ids) / n_bytes
 
 
-def inputs_fingerprint(bin_dir: str | os.PathLike, tokenizer_model: str | os.PathLike) -> dict:
-    """What the data looks like: a state trained on other shards or another tokenizer must not be resumed."""
-    shards = [*split_shards(bin_dir, "val"), *split_shards(bin_dir, "train")]
-    return {
-        "shards": {p.name: p.stat().st_size for p in shards},
-        "tokenizer_sha256": hashlib.sha256(Path(tokenizer_model).read_bytes()).hexdigest(),
-    }
+# --- the training state -------------------------------------------------------------------------------------
 
 
-# --- checkpoints --------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """What the loop has done so far: with the model, optimizer and RNGs, all a resumed run needs."""
 
-
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save through a temporary file beside path, then rename: a kill never leaves a torn file."""
-    with atomic_output(path) as f:
-        torch.save(obj, f)
-
-
-def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights in float32 on CPU, named as Transformer names them (no compile/DDP prefixes)."""
-    state = model.state_dict()
-    plain = {}
-    for name, tensor in state.items():
-        for prefix in ("_orig_mod.", "module."):
-            name = name.removeprefix(prefix)
-        plain[name] = tensor.detach().float().cpu() if tensor.is_floating_point() else tensor.detach().cpu()
-    return plain
+    iter_num: int = 0
+    best_val_loss: float = math.inf
+    val_loss: float | None = None
+    elapsed_s: float = 0.0  # wall-clock seconds in the loop, summed over resumes
+    rows: list[dict] = field(default_factory=list)  # metrics.csv so far
 
 
 def rng_state() -> dict:
@@ -225,24 +219,39 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     """Keys whose values differ between two nested dicts, as "train.learning_rate: 0.0005 -> 0.001"."""
-    differences = []
+    found = []
     for key in sorted(set(saved) | set(current), key=str):
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(old, dict) and isinstance(new, dict):
-            differences += config_differences(old, new, f"{prefix}{key}.")
+            found += differences(old, new, f"{prefix}{key}.")
         elif old != new:
-            differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return differences
+            found.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return found
 
 
-def load_resumable_state(state_dir: Path, run_identity: dict) -> tuple[dict | None, str]:
-    """The state checkpoint to resume from (or None) and why: resumable when its run_identity equals ours.
+def state_mismatch(state: dict, config: dict, world_size: int, inputs: dict) -> str | None:
+    """Why a saved state belongs to another run, in one line, or None when it is ours to resume."""
+    if state.get("format") != STATE_FORMAT:
+        return f"it has state format {state.get('format')}, this code writes {STATE_FORMAT}"
+    changed = differences(state["config"], config)
+    if state["world_size"] != world_size:
+        changed.append(f"world size: {state['world_size']} -> {world_size}")
+    for name in sorted(set(state["inputs"]) | set(inputs)):
+        if name not in inputs:
+            changed.append(f"{name} is no longer an input")
+        elif name not in state["inputs"]:
+            changed.append(f"{name} is a new input")
+        elif state["inputs"][name] != inputs[name]:
+            changed.append(f"{name} changed content")
+    return f"it was trained with other settings or data ({'; '.join(changed)})" if changed else None
 
-    run_identity holds the model and train config, the world size and the inputs' fingerprint; any
-    difference means the saved state belongs to another run.
-    """
+
+def load_resumable_state(
+    state_dir: Path, config: dict, world_size: int, inputs: dict
+) -> tuple[dict | None, str]:
+    """The state checkpoint to resume from (or None) and why."""
     path = state_dir / STATE_FILE
     if not path.exists():
         return None, "no state checkpoint: starting fresh"
@@ -250,42 +259,65 @@ def load_resumable_state(state_dir: Path, run_identity: dict) -> tuple[dict | No
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable state is set aside, never fatal
         return None, f"{path} is unreadable ({type(err).__name__}: {err}): starting fresh"
-    if state.get("format") != STATE_FORMAT:
-        return None, f"{path} has state format {state.get('format')}, this code writes {STATE_FORMAT}"
-    differences = config_differences(state["identity"], run_identity)
-    if differences:
-        return None, f"{path} was trained with other settings ({'; '.join(differences)}): starting fresh"
+    mismatch = state_mismatch(state, config, world_size, inputs)
+    if mismatch:
+        return None, f"{path}: {mismatch}: starting fresh"
     return state, f"resuming from {path} at iteration {state['iter_num']}"
 
 
 def set_aside_stale_state(state_dir: Path) -> Path | None:
-    """Move an old run's state files into state_dir/stale-<time>/ rather than overwrite them."""
+    """Move an old run's state files into state_dir/stale/, replacing the one set aside before."""
     stale = [state_dir / name for name in (STATE_FILE, STATE_BEST_FILE) if (state_dir / name).exists()]
     if not stale:
         return None
-    folder = state_dir / time.strftime("stale-%Y%m%d-%H%M%S")
+    folder = state_dir / STALE_DIR
+    for old in folder.glob("*.pt"):
+        old.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     for path in stale:
         os.replace(path, folder / path.name)
     return folder
 
 
-def weights_checkpoint(model, args: ModelArgs, iter_num: int, val_loss: float | None, settings: dict) -> dict:
-    """The dict ckpt.pt and best.pt hold: what load_model, sampling and the exporters read."""
-    return {
-        "model": plain_state_dict(model),
-        "model_args": args.to_dict(),
-        "iter_num": iter_num,
-        "val_loss": val_loss,
-        "config": settings["config"],
-        "settings": settings,
-    }
+# --- speed, evaluation, metrics -----------------------------------------------------------------------------
 
 
-# --- metrics ------------------------------------------------------------------------------------------------
+def flops_per_token(args: ModelArgs, num_params: int) -> float:
+    """Training FLOPs per token: 6 per parameter (forward and backward matmuls) plus attention.
+
+    Attention counts the two T x T matmuls (scores and weighted values) as dense, 12 * n_layers * dim * T
+    per token over forward and backward, as nanoGPT and the PaLM paper do; the causal half is not discounted.
+    """
+    return 6 * num_params + 12 * args.n_layers * args.dim * args.max_seq_len
+
+
+@torch.no_grad()
+def estimate_losses(model, datasets: dict, eval_iters: int, autocast, world: World) -> dict[str, float]:
+    """Mean loss per split over the fixed batches 0..eval_iters-1, shared out across ranks.
+
+    The batches are the same at every evaluation and for any world size, so evaluations compare like with
+    like and a data-parallel run reports what a single process would.
+    """
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(len(datasets), 2, dtype=torch.float64, device=world.device)  # loss sum, batches
+    for i, dataset in enumerate(datasets.values()):
+        for batch in range(world.rank, eval_iters, world.size):
+            x, y = (torch.from_numpy(a).to(world.device) for a in dataset.batch_arrays(batch))
+            with autocast:
+                _, loss = model(x, y)
+            totals[i, 0] += loss.double()
+            totals[i, 1] += 1
+    if world.distributed:
+        torch.distributed.all_reduce(totals)
+    model.train(was_training)
+    means = (totals[:, 0] / totals[:, 1]).tolist()  # one host sync for every split
+    return dict(zip(datasets, means, strict=True))
 
 
 def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    from tinyllm.files import atomic_output
+
     with atomic_output(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
@@ -299,6 +331,8 @@ def plot_losses(rows: list[dict], path: str | os.PathLike, tokens_per_iter: int)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from tinyllm.files import atomic_output
 
     steps = [r for r in rows if r["event"] == "train"]
     evals = [r for r in rows if r["event"] == "eval"]
@@ -325,34 +359,245 @@ def plot_losses(rows: list[dict], path: str | os.PathLike, tokens_per_iter: int)
         plt.close(fig)
 
 
-# --- evaluation ---------------------------------------------------------------------------------------------
+def format_duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-@torch.no_grad()
-def estimate_losses(model, datasets: dict, eval_iters: int, autocast, device, rank: int, world_size: int):
-    """Mean loss per split over the fixed batches 0..eval_iters-1, shared out across ranks.
+# --- the run ------------------------------------------------------------------------------------------------
 
-    The batches are the same at every evaluation and for any world size, so evaluations compare like with
-    like and a data-parallel run reports what a single process would.
+
+class Run:
+    """One training run's fixed parts (settings, model, optimizer, data) and the helpers the loop calls.
+
+    The loop itself is `train` below; this class only keeps it short: `evaluate`, `save_state`,
+    `check_losses` and `write_outputs` are the steps it names.
     """
-    was_training = model.training
-    model.eval()
-    losses = {}
-    for split, dataset in datasets.items():
-        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, batch count
-        for batch in range(rank, eval_iters, world_size):
-            x, y = (torch.from_numpy(a).to(device) for a in dataset.batch_arrays(batch))
-            with autocast:
-                _, loss = model(x, y)
-            total += torch.stack((loss.double(), torch.ones((), dtype=torch.float64, device=device)))
-        if world_size > 1:
-            torch.distributed.all_reduce(total)
-        losses[split] = (total[0] / total[1]).item()
-    model.train(was_training)
-    return losses
+
+    def __init__(self, config: dict, bin_dir, tokenizer_model, state_dir, world: World, threads: int | None):
+        from tinyllm.tokenizer import Tokenizer
+
+        self.config, self.world = config, world
+        model_cfg, cfg = config["model"], config["train"]
+        self.cfg, self.state_dir = cfg, Path(state_dir)
+        device = world.device
+        if threads is not None:
+            torch.set_num_threads(max(1, threads // world.size) if device.type == "cpu" else threads)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.dtype, dtype_note = resolve_dtype(cfg["dtype"], device)
+        self.autocast = torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.accumulation = cfg["gradient_accumulation_steps"]
+        self.tokens_per_iter = cfg["batch_size"] * model_cfg["max_seq_len"] * self.accumulation * world.size
+
+        # Inputs first: a bad shard fails here, before any state is read or moved.
+        tokenizer = Tokenizer(tokenizer_model)
+        self.shards = check_inputs(bin_dir, tokenizer)
+        inputs = inputs_fingerprint(self.shards, tokenizer_model)
+        self.tokens_per_byte = val_tokens_per_byte(self.shards["val"][0], tokenizer)
+        self.args = ModelArgs(**model_cfg, vocab_size=tokenizer.n_words)
+
+        self.state, resume_reason = load_resumable_state(self.state_dir, config, world.size, inputs)
+        if world.distributed:
+            torch.distributed.barrier()  # every rank has read the state before rank 0 may move it
+        if self.state is None and world.master:
+            moved = set_aside_stale_state(self.state_dir)
+            if moved:
+                resume_reason += f"; the old state is kept in {moved}"
+        self.identity = {"world_size": world.size, "inputs": inputs}
+        self.saved_iter = self.state["iter_num"] if self.state else 0  # the last state checkpoint's iteration
+
+        # Model and optimizer: the same initial weights on every rank, then per-rank dropout streams.
+        torch.manual_seed(cfg["seed"])
+        self.raw_model = Transformer(self.args).to(device)
+        torch.manual_seed(cfg["seed"] + world.rank)
+        self.optimizer = configure_optimizer(self.raw_model, cfg, device)
+        self.num_params = self.raw_model.num_params()
+        self.peak, peak_source = peak_flops(self.dtype, device)
+        self.token_flops = flops_per_token(self.args, self.num_params)
+        self.eval_sets = {
+            # The train-split estimate draws with another seed, so it is not the first training batches.
+            split: PretokDataset(self.shards[split], split, model_cfg["max_seq_len"],
+                                 seed=cfg["seed"] + (split == "train"), batch_size=cfg["batch_size"])
+            for split in ("train", "val")
+        }  # fmt: skip
+
+        world.log("train: settings\n" + "\n".join(f"  {k}: {v}" for k, v in {
+            "model": model_cfg, "train": cfg, "params": f"{self.num_params:,}", "device": device,
+            "dtype": str(self.dtype).removeprefix("torch."), "world_size": world.size,
+            "threads_per_rank": torch.get_num_threads(), "tokens_per_iter": self.tokens_per_iter,
+            "val_tokens_per_byte": f"{self.tokens_per_byte:.4f}",
+            "peak_flops": f"{self.peak:.3g} ({peak_source})",
+            "shards": f"{len(self.shards['val'])} val, {len(self.shards['train'])} train in "
+                      f"{self.shards['val'][0].parent}",
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "torch": torch.__version__,
+        }.items()))  # fmt: skip
+        if dtype_note:
+            world.log(f"train: note: {dtype_note}")
+        world.log(f"train: {resume_reason}")
+
+    def restore(self) -> Progress:
+        """The progress to start from: the saved state's (weights, optimizer, RNGs too) or a fresh one."""
+        state = self.state
+        if state is None:
+            return Progress()
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][self.world.rank])
+        return Progress(state["iter_num"], state["best_val_loss"], state["val_loss"], state["elapsed_s"],
+                        state["metrics"])  # fmt: skip
+
+    def evaluate(self, progress: Progress) -> dict[str, float]:
+        """Estimate both splits' losses, log them and append the eval row; returns {split: loss}."""
+        eval_iters = self.cfg["eval_iters"]
+        losses = estimate_losses(self.raw_model, self.eval_sets, eval_iters, self.autocast, self.world)
+        bpb = {split: loss / math.log(2) * self.tokens_per_byte for split, loss in losses.items()}
+        it = progress.iter_num
+        progress.rows.append({
+            "event": "eval", "iter": it, "tokens": it * self.tokens_per_iter,
+            "train_loss": losses["train"], "val_loss": losses["val"], "train_bpb": bpb["train"],
+            "val_bpb": bpb["val"], "lr": get_lr(max(it - 1, 0), self.cfg), "elapsed_s": progress.elapsed_s,
+        })  # fmt: skip
+        self.world.log(f"eval at iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                       f"({bpb['val']:.4f} bits/byte)")  # fmt: skip
+        return losses
+
+    def save_state(self, progress: Progress, improved: bool) -> None:
+        """The training state (and best.pt when the val loss improved), written atomically by rank 0."""
+        rngs = [rng_state()]
+        if self.world.distributed:
+            rngs = [None] * self.world.size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if not self.world.master:
+            return
+        weights = weights_checkpoint(self.raw_model, self.config, progress.iter_num, progress.val_loss)
+        if improved:
+            save_checkpoint(weights, self.state_dir / STATE_BEST_FILE)
+        save_checkpoint({
+            **weights, "format": STATE_FORMAT, **self.identity, "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rngs, "best_val_loss": progress.best_val_loss,
+            "elapsed_s": progress.elapsed_s, "metrics": progress.rows,
+        }, self.state_dir / STATE_FILE)  # fmt: skip
+
+    def read_losses(self, pending: list[tuple[int, torch.Tensor]]) -> list[float]:
+        """Read (and clear) the losses of the steps since the last read, in one host sync; stop on a NaN."""
+        if not pending:
+            return []
+        losses = torch.stack([loss for _, loss in pending])
+        if self.world.distributed:
+            torch.distributed.all_reduce(losses)
+            losses /= self.world.size
+        values = losses.tolist()
+        for (it, _), value in zip(pending, values, strict=True):
+            if not math.isfinite(value):
+                state = self.state_dir / STATE_FILE
+                kept = (f"the state checkpoint of iteration {self.saved_iter} ({state}) is kept"
+                        if self.saved_iter else "no state checkpoint was written yet")  # fmt: skip
+                raise TrainingDiverged(
+                    f"training diverged: loss is {value} at iteration {it}; {kept}. "
+                    "Lower train.learning_rate or raise train.warmup_iters."
+                )
+        pending.clear()
+        return values
+
+    def log_step(self, progress: Progress, losses: list[float], lr: float, clock, bar) -> None:
+        """A metrics row and the progress bar's figures for the step just taken."""
+        tokens_per_s = clock.tokens_per_s(progress.iter_num)
+        mfu = self.token_flops * tokens_per_s / (self.peak * self.world.size)
+        progress.rows.append({
+            "event": "train", "iter": progress.iter_num, "tokens": progress.iter_num * self.tokens_per_iter,
+            "train_loss": losses[-1], "lr": lr, "tokens_per_s": tokens_per_s, "mfu": mfu,
+            "elapsed_s": clock.elapsed(),
+        })  # fmt: skip
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{mfu:.1%}",
+                        refresh=False)  # fmt: skip
+
+    def checkpoint(self, progress: Progress, evaluate: bool, elapsed_s: float) -> None:
+        """Evaluate (at eval steps) and save the training state; best.pt too when the val loss improved."""
+        progress.elapsed_s = elapsed_s
+        improved = False
+        if evaluate:
+            progress.val_loss = self.evaluate(progress)["val"]
+            improved = progress.val_loss < progress.best_val_loss
+            progress.best_val_loss = min(progress.best_val_loss, progress.val_loss)
+        self.save_state(progress, improved)
+        self.saved_iter = progress.iter_num
+
+    def write_outputs(self, progress: Progress, ckpt_path, best_path, metrics_path, plot_path) -> None:
+        """The final weights, the best-val weights (kept in the state folder while training, since Snakemake
+        deletes a failed job's declared outputs), the metrics and the loss curve."""
+        if not self.world.master:
+            return
+        save_checkpoint(
+            weights_checkpoint(self.raw_model, self.config, progress.iter_num, progress.val_loss), ckpt_path
+        )
+        best = torch.load(self.state_dir / STATE_BEST_FILE, map_location="cpu", weights_only=True)
+        save_checkpoint(best, best_path)
+        write_metrics_csv(progress.rows, metrics_path)
+        plot_losses(progress.rows, plot_path, self.tokens_per_iter)
+        self.world.log(
+            f"train: done at iteration {progress.iter_num}: val loss {progress.val_loss:.4f}, best "
+            f"{progress.best_val_loss:.4f} (iteration {best['iter_num']}); wrote {ckpt_path}, {best_path}, "
+            f"{metrics_path}, {plot_path}"
+        )
+
+    def project(self, progress: Progress, seconds_per_step: float, eval_seconds: float) -> None:
+        """Log how long the whole run will take, and point a long CPU run at the CPU preset."""
+        cfg = self.cfg
+        steps_left = cfg["max_iters"] - progress.iter_num
+        evals_left = steps_left // cfg["eval_interval"] + 1
+        total = progress.elapsed_s + steps_left * seconds_per_step + evals_left * eval_seconds
+        self.world.log(
+            f"train: projected wall time {format_duration(total)} for {cfg['max_iters']:,} iterations "
+            f"({self.tokens_per_iter / seconds_per_step:,.0f} tokens/s)"
+        )
+        if self.world.device.type == "cpu" and total > CPU_WARNING_SECONDS:
+            self.world.log(
+                f"train: warning: this recipe runs about {format_duration(total)} on the CPU; for a model in "
+                "about 10 minutes use configs/cpu.yaml (snakemake --configfile configs/cpu.yaml)"
+            )
 
 
-# --- the loop -----------------------------------------------------------------------------------------------
+class Clock:
+    """The loop's wall-clock bookkeeping: elapsed time over resumes, tokens/s between log steps (evaluations
+    left out), and one projection of the whole run's length from the steps after the first (which compiles).
+    """
+
+    def __init__(self, run: Run, progress: Progress, eval_seconds: float):
+        self.run, self.eval_seconds = run, eval_seconds
+        self.start, self.elapsed_before = time.perf_counter(), progress.elapsed_s
+        self.interval_start, self.interval_iter = self.start, progress.iter_num
+        self.first_iter, self.projection_start = progress.iter_num, None
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def tokens_per_s(self, it: int) -> float:
+        """Throughput since the last call (call it where the host has just waited for the device)."""
+        now = time.perf_counter()
+        speed = (it - self.interval_iter) * self.run.tokens_per_iter / max(now - self.interval_start, 1e-9)
+        self.interval_start, self.interval_iter = now, it
+        return speed
+
+    def paused(self, seconds: float) -> None:
+        """Time spent outside training steps (an evaluation): not throughput."""
+        self.interval_start += seconds
+        if self.projection_start is not None:
+            self.projection_start += seconds
+
+    def after_step(self, progress: Progress) -> None:
+        it = progress.iter_num
+        if it == self.first_iter + 1:
+            synchronize(self.run.world.device)
+            self.projection_start = time.perf_counter()
+        elif self.projection_start is not None and it == self.first_iter + 1 + PROJECTION_STEPS:
+            synchronize(self.run.world.device)
+            seconds_per_step = (time.perf_counter() - self.projection_start) / PROJECTION_STEPS
+            self.run.project(progress, seconds_per_step, self.eval_seconds)
+            self.projection_start = None
 
 
 def train(
@@ -373,234 +618,79 @@ def train(
     """
     from tqdm import tqdm
 
-    from tinyllm.tokenizer import Tokenizer
-
-    # Settings: world, device, precision, threads.
-    model_cfg, train_cfg = config["model"], config["train"]
-    state_dir = Path(state_dir)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    distributed = world_size > 1
-    device = resolve_device(train_cfg["device"])
-    if distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    master = rank == 0
-
-    def log(message: str) -> None:
-        if master:
-            tqdm.write(message, file=sys.stderr)
-
-    progress = None
+    world = join_world(config["train"]["device"])
+    bar = None
     try:
-        if threads is not None:
-            torch.set_num_threads(max(1, threads // world_size) if device.type == "cpu" else threads)
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        dtype, dtype_note = resolve_dtype(train_cfg["dtype"], device)
-        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        batch_size, seq_len = train_cfg["batch_size"], model_cfg["max_seq_len"]
-        accumulation = train_cfg["gradient_accumulation_steps"]
-        tokens_per_iter = batch_size * seq_len * accumulation * world_size
-        max_iters, eval_interval = train_cfg["max_iters"], train_cfg["eval_interval"]
-
-        tokenizer = Tokenizer(tokenizer_model)
-        args = ModelArgs(**model_cfg, vocab_size=tokenizer.n_words)
-        run_identity = {
-            "config": {"model": model_cfg, "train": train_cfg},
-            "world_size": world_size,
-            "inputs": inputs_fingerprint(bin_dir, tokenizer_model),
-        }
-        state, resume_reason = load_resumable_state(state_dir, run_identity)
-        if distributed:
-            torch.distributed.barrier()  # every rank has read the state before rank 0 may move it
-        if state is None and master:
-            moved = set_aside_stale_state(state_dir)
-            if moved:
-                resume_reason += f"; the old state is kept in {moved}"
-        tokens_per_byte = val_tokens_per_byte(split_shards(bin_dir, "val")[0], tokenizer)
-
-        # Model and optimizer: the same initial weights on every rank, then per-rank dropout streams.
-        torch.manual_seed(train_cfg["seed"])
-        raw_model = Transformer(args).to(device)
-        torch.manual_seed(train_cfg["seed"] + rank)
-        optimizer = configure_optimizer(raw_model, train_cfg, device)
-        num_params = raw_model.num_params()
-        peak, peak_source = peak_flops(dtype, device)
-        settings = {
-            "config": {"model": model_cfg, "train": train_cfg},
-            "model_args": args.to_dict(),
-            "num_params": num_params,
-            "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."),
-            "world_size": world_size,
-            "threads_per_rank": torch.get_num_threads(),
-            "tokens_per_iter": tokens_per_iter,
-            "val_tokens_per_byte": tokens_per_byte,
-            "peak_flops": peak,
-            "peak_flops_source": peak_source,
-            "bin_dir": str(bin_dir) if isinstance(bin_dir, (str, os.PathLike)) else [str(p) for p in bin_dir],
-            # SLURM (and the user) decide which GPUs a job sees; the log shows it.
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "tokenizer_model": str(tokenizer_model),
-            "torch": str(torch.__version__),
-        }
-        log("train: settings\n" + "\n".join(f"  {k}: {v}" for k, v in settings.items()))
-        if dtype_note:
-            log(f"train: note: {dtype_note}")
-        log(f"train: {resume_reason}")
-
-        iter_num, best_val_loss, last_val_loss, rows = 0, float("inf"), None, []
-        saved_iter = 0  # iteration of the last state checkpoint written
-        if state is not None:
-            raw_model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            iter_num, best_val_loss = state["iter_num"], state["best_val_loss"]
-            last_val_loss = state["val_loss"]
-            rows, saved_iter = state["metrics"], iter_num
-            set_rng_state(state["rng"][rank])
-        model = torch.compile(raw_model) if train_cfg["compile"] else raw_model
-        if distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[local_rank] if device.type == "cuda" else None
-            )
-
-        # Data: this rank's training stream from the batch after the last one consumed; fixed eval batches.
-        train_batches = iter_batches(
-            bin_dir, "train", batch_size, seq_len, device, seed=train_cfg["seed"], rank=rank,
-            world_size=world_size, start_batch=iter_num * accumulation,
+        run = Run(config, bin_dir, tokenizer_model, state_dir, world, threads)
+        cfg, optimizer, scaler = run.cfg, run.optimizer, run.scaler
+        progress = run.restore()
+        model = torch.compile(run.raw_model) if cfg["compile"] else run.raw_model
+        if world.distributed:
+            device_ids = [world.local_rank] if world.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # This rank's batches from the one after the last consumed: a resumed run sees the same stream.
+        batches = iter_batches(
+            run.shards["train"], "train", cfg["batch_size"], config["model"]["max_seq_len"], world.device,
+            seed=cfg["seed"], rank=world.rank, world_size=world.size,
+            start_batch=progress.iter_num * run.accumulation,
         )  # fmt: skip
-        eval_sets = {
-            # The train-split estimate draws with another seed, so it is not the first training batches.
-            split: PretokDataset(
-                bin_dir, split, seq_len, seed=train_cfg["seed"] + (split == "train"), batch_size=batch_size
-            )
-            for split in ("train", "val")
-        }
-        token_flops = flops_per_token(args, num_params)
-
-        def evaluate_and_checkpoint() -> None:
-            nonlocal best_val_loss, last_val_loss, saved_iter
-            losses = estimate_losses(
-                raw_model, eval_sets, train_cfg["eval_iters"], autocast, device, rank, world_size
-            )
-            bpb = {split: loss / math.log(2) * tokens_per_byte for split, loss in losses.items()}
-            rows.append({
-                "event": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                "train_loss": losses["train"], "val_loss": losses["val"],
-                "train_bpb": bpb["train"], "val_bpb": bpb["val"],
-                "lr": get_lr(max(iter_num - 1, 0), train_cfg),
-            })  # fmt: skip
-            log(f"eval at iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                f"({bpb['val']:.4f} bits/byte)")  # fmt: skip
-            if iter_num == 0:
-                return  # the initial weights are neither a result nor worth saving
-            last_val_loss, improved = losses["val"], losses["val"] < best_val_loss
-            best_val_loss, saved_iter = min(best_val_loss, last_val_loss), iter_num
-            rngs = [rng_state()]
-            if distributed:
-                rngs = [None] * world_size
-                torch.distributed.all_gather_object(rngs, rng_state())
-            if not master:
-                return
-            if improved:
-                save_atomic(weights_checkpoint(raw_model, args, iter_num, last_val_loss, settings),
-                            state_dir / STATE_BEST_FILE)  # fmt: skip
-            save_atomic({
-                "format": STATE_FORMAT, "identity": run_identity,
-                "model": plain_state_dict(raw_model), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "iter_num": iter_num, "best_val_loss": best_val_loss,
-                "val_loss": last_val_loss, "model_args": args.to_dict(), "config": settings["config"],
-                "settings": settings, "rng": rngs, "data_batch": iter_num * accumulation, "metrics": rows,
-            }, state_dir / STATE_FILE)  # fmt: skip
-
-        if iter_num == 0:
-            evaluate_and_checkpoint()
-        interactive = sys.stderr.isatty()
-        progress = tqdm(
-            total=max_iters, initial=iter_num, unit="it", disable=not master, file=sys.stderr,
-            mininterval=1.0 if interactive else 30.0, dynamic_ncols=True,
-        )  # fmt: skip
-        interval_seconds, interval_tokens = 0.0, 0
+        eval_start = time.perf_counter()
+        if progress.iter_num == 0:
+            run.evaluate(progress)  # the initial weights: a baseline, not worth saving
+        clock = Clock(run, progress, eval_seconds=time.perf_counter() - eval_start)
+        bar = tqdm(total=cfg["max_iters"], initial=progress.iter_num, unit="it", disable=not world.master,
+                   file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        pending = []  # (iteration, loss on the device) not yet read by the host
+        x, y = next(batches)
         model.train()
-        while iter_num < max_iters:
-            # One optimizer step: accumulate gradients over micro-batches, syncing ranks on the last only.
-            started = time.perf_counter()
-            lr = get_lr(iter_num, train_cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro_step in range(accumulation):
-                x, y = next(train_batches)
-                last_micro_step = micro_step == accumulation - 1
-                no_sync = model.no_sync() if distributed and not last_micro_step else contextlib.nullcontext()
-                with no_sync:
-                    with autocast:
-                        _, loss = model(x, y)
-                    loss = loss / accumulation
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            if distributed:
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= world_size
-            step_loss = loss_sum.item()
-            if not math.isfinite(step_loss):
-                kept = (f"the state checkpoint of iteration {saved_iter} ({state_dir / STATE_FILE}) is kept"
-                        if saved_iter else "no state checkpoint was written yet")  # fmt: skip
-                raise TrainingDiverged(
-                    f"training diverged: loss is {step_loss} at iteration {iter_num + 1}; {kept}. "
-                    "Lower train.learning_rate or raise train.warmup_iters."
-                )
-            if train_cfg["grad_clip"] > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), train_cfg["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            iter_num += 1
-            interval_seconds += time.perf_counter() - started
-            interval_tokens += tokens_per_iter
+        with StopSignals() as signals:
+            while progress.iter_num < cfg["max_iters"]:
+                lr = get_lr(progress.iter_num, cfg)
+                set_lr(optimizer, lr)
+                loss = torch.zeros((), device=world.device)
+                for micro_step in range(run.accumulation):
+                    # DDP averages gradients on the last micro-step only; no_sync skips it on the others.
+                    last = micro_step == run.accumulation - 1
+                    with contextlib.nullcontext() if last or not world.distributed else model.no_sync():
+                        with run.autocast:
+                            _, micro_loss = model(x, y)
+                        x, y = next(batches)  # the host prepares the next batch while the device computes
+                        micro_loss = micro_loss / run.accumulation
+                        scaler.scale(micro_loss).backward()
+                    loss += micro_loss.detach()
+                if cfg["grad_clip"] > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg["grad_clip"])
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                progress.iter_num += 1
+                it = progress.iter_num
+                pending.append((it, loss))
+                bar.update(1)
 
-            if iter_num % train_cfg["log_interval"] == 0 or iter_num == max_iters:
-                tokens_per_s = interval_tokens / interval_seconds
-                mfu = token_flops * tokens_per_s / (peak * world_size)
-                rows.append({
-                    "event": "train", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                    "train_loss": step_loss, "lr": lr, "tokens_per_s": tokens_per_s, "mfu": mfu,
-                })  # fmt: skip
-                progress.set_postfix(
-                    loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{mfu:.1%}", refresh=False
-                )
-                interval_seconds, interval_tokens = 0.0, 0
-            progress.update(1)
-            if iter_num % eval_interval == 0 or iter_num == max_iters:
-                evaluate_and_checkpoint()
-        progress.close()
-
-        # Outputs: the final weights, the best-val weights (kept in the state folder while training, since
-        # Snakemake deletes a failed job's declared outputs), the metrics and the loss curve.
-        if master:
-            save_atomic(weights_checkpoint(raw_model, args, iter_num, last_val_loss, settings), ckpt_path)
-            best = torch.load(state_dir / STATE_BEST_FILE, map_location="cpu", weights_only=True)
-            save_atomic(best, best_path)
-            write_metrics_csv(rows, metrics_path)
-            plot_losses(rows, plot_path, tokens_per_iter)
-            log(
-                f"train: done at iteration {iter_num}: val loss {last_val_loss:.4f}, "
-                f"best {best_val_loss:.4f} (iteration {best['iter_num']}); "
-                f"wrote {ckpt_path}, {best_path}, {metrics_path}, {plot_path}"
-            )
-        return {"iter_num": iter_num, "val_loss": last_val_loss, "best_val_loss": best_val_loss,
-                "tokens_per_byte": tokens_per_byte, "settings": settings}  # fmt: skip
+                eval_step = it % cfg["eval_interval"] == 0 or it == cfg["max_iters"]
+                log_step = it % cfg["log_interval"] == 0 or eval_step
+                if log_step:
+                    run.log_step(progress, run.read_losses(pending), lr, clock, bar)
+                clock.after_step(progress)
+                stop = signals.requested(world, log_step)
+                if eval_step or stop:
+                    run.read_losses(pending)  # nothing non-finite gets saved
+                    started = time.perf_counter()
+                    run.checkpoint(progress, evaluate=eval_step, elapsed_s=clock.elapsed())
+                    clock.paused(time.perf_counter() - started)
+                if stop:
+                    world.log(f"train: stopped by {stop} at iteration {it}; rerun to resume")
+                    raise TrainingStopped(f"training stopped by {stop} at iteration {it}; rerun to resume")
+        bar.close()
+        run.write_outputs(progress, ckpt_path, best_path, metrics_path, plot_path)
+        return {"iter_num": progress.iter_num, "val_loss": progress.val_loss,
+                "best_val_loss": progress.best_val_loss, "tokens_per_byte": run.tokens_per_byte}  # fmt: skip
     finally:
-        if progress is not None:  # on an exception too; an unclosed bar is printed again at exit
-            progress.close()
-        if distributed:
+        if bar is not None:  # on an exception too; an unclosed bar is printed again at exit
+            bar.close()
+        if world.distributed:
             torch.distributed.destroy_process_group()
 
 
