@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tinyllm.batches import PretokDataset, iter_batches
+from tinyllm.batches import PretokDataset, ShardDataError, check_pretokenized_shard, iter_batches
 
 torch.set_num_threads(1)
 
@@ -91,3 +91,50 @@ def test_dataset_errors_name_the_folder(bin_dir, tmp_path):
         PretokDataset(bin_dir, "val", 300)
     with pytest.raises(ValueError, match="split must be"):
         PretokDataset(bin_dir, "test", 16)
+
+
+# --- checking a shard before training on it -----------------------------------------------------------------
+
+
+def assert_one_line(err: pytest.ExceptionInfo, *parts: str) -> None:
+    message = str(err.value)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, (part, message)
+
+
+def test_a_valid_shard_passes_and_its_tokens_are_counted(bin_dir):
+    assert check_pretokenized_shard(bin_dir / "data01.bin", vocab_size=12_000) == 2000
+
+
+def test_an_id_outside_the_vocabulary_is_named_with_its_position(bin_dir):
+    """A shard changed in place, same size: token 600 written into a vocab-512 shard."""
+    shard = bin_dir / "data00.bin"
+    ids = np.arange(300, dtype="<u2") % 512
+    ids[[123, 200]] = [600, 700]
+    ids.tofile(shard)
+    with pytest.raises(ShardDataError) as err:
+        check_pretokenized_shard(shard, vocab_size=512)
+    assert_one_line(err, str(shard), "token id 600 at position 123", "vocabulary of 512 tokens")
+    assert check_pretokenized_shard(shard, vocab_size=701) == 300  # every id below the vocabulary size
+
+
+def test_an_odd_sized_shard_is_named_by_the_check_and_by_the_dataset(bin_dir):
+    shard = bin_dir / "data01.bin"
+    with open(shard, "r+b") as f:
+        f.truncate(3999)  # `truncate -s -1`
+    with pytest.raises(ShardDataError) as err:
+        check_pretokenized_shard(shard, vocab_size=65536)
+    assert_one_line(err, str(shard), "3999 bytes is not a whole number of 2-byte token ids")
+    with pytest.raises(ShardDataError) as err:  # not numpy's "Size of available data is not a multiple"
+        PretokDataset(bin_dir, "train", 16)
+    assert_one_line(err, str(shard), "3999 bytes")
+
+
+def test_an_empty_shard_is_named(bin_dir):
+    shard = bin_dir / "data02.bin"
+    shard.write_bytes(b"")
+    with pytest.raises(ShardDataError) as err:
+        check_pretokenized_shard(shard, vocab_size=512)
+    assert_one_line(err, str(shard), "empty shard")
+
