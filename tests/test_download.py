@@ -7,6 +7,7 @@ import hashlib
 import socket
 
 import pytest
+from conftest import make_tar_gz
 from http_server import FileServer
 from tinyllm.download import DownloadError, download_archive, part_path
 
@@ -100,7 +101,7 @@ def test_body_without_length_is_checked_to_the_end(server, archive_bytes, tmp_pa
     assert output.read_bytes() == archive_bytes
 
     server.cut_first = 1  # now the connection closes early and nothing tells the client so
-    with pytest.raises(DownloadError, match="not a gzip-compressed tar") as err:
+    with pytest.raises(DownloadError, match="not a whole gzip-compressed tar") as err:
         download_archive(server.url(PATH), tmp_path / "cut.tar.gz", **FAST)
     assert_one_line_naming(err, server.url(PATH))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar.gz"]
@@ -147,7 +148,7 @@ def test_404_fails_at_once_with_one_line_naming_the_url(server, tmp_path):
 def test_body_that_is_not_a_gzip_tar_is_refused(body, tmp_path):
     output = tmp_path / "archive.tar.gz"
     with FileServer({PATH: body}) as server:
-        with pytest.raises(DownloadError, match="not a gzip-compressed tar") as err:
+        with pytest.raises(DownloadError, match="not a whole gzip-compressed tar") as err:
             download_archive(server.url(PATH), output, **FAST)
         assert_one_line_naming(err, server.url(PATH))
     assert not output.exists() and not part_path(output).exists()
@@ -179,7 +180,7 @@ def test_file_url_and_local_path_are_copied_and_checked(tinystories_archive, arc
 def test_local_file_that_is_not_an_archive_or_missing(tmp_path):
     not_archive = tmp_path / "notes.txt"
     not_archive.write_text("hello")
-    with pytest.raises(DownloadError, match="not a gzip-compressed tar"):
+    with pytest.raises(DownloadError, match="not a whole gzip-compressed tar"):
         download_archive(str(not_archive), tmp_path / "out" / "x.tar.gz")
     with pytest.raises(DownloadError, match="archive not found") as err:
         download_archive(str(tmp_path / "nope.tar.gz"), tmp_path / "out" / "x.tar.gz")
@@ -187,3 +188,54 @@ def test_local_file_that_is_not_an_archive_or_missing(tmp_path):
     with pytest.raises(DownloadError, match="unsupported URL scheme"):
         download_archive("ftp://example.org/x.tar.gz", tmp_path / "out" / "x.tar.gz")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# --- the whole archive is checked, whatever the source ------------------------------------------------------
+
+
+def assert_refused_without_output(err: pytest.ExceptionInfo, url: str, problem: str, folder) -> None:
+    assert_one_line_naming(err, url)
+    assert "not a whole gzip-compressed tar archive" in str(err.value) and problem in str(err.value)
+    assert list(folder.iterdir()) == []  # neither the output nor a temporary or .part file
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["plain-path", "file-url"])
+def test_truncated_local_archive_is_refused(as_uri, archive_bytes, tmp_path):
+    """The archive cut to 75% of its bytes: its first members are whole, so only reading to the end tells."""
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive_bytes[: len(archive_bytes) * 3 // 4])
+    url = cut.as_uri() if as_uri else str(cut)
+    with pytest.raises(DownloadError) as err:
+        download_archive(url, tmp_path / "out" / "archive.tar.gz")
+    assert_refused_without_output(err, url, "truncated", tmp_path / "out")
+
+
+def test_truncated_archive_served_with_its_own_length_is_refused(archive_bytes, tmp_path):
+    """A server that sends a cut file as if whole: the length matches, the archive is still refused."""
+    with FileServer({PATH: archive_bytes[: len(archive_bytes) * 3 // 4]}) as server:
+        with pytest.raises(DownloadError) as err:
+            download_archive(server.url(PATH), tmp_path / "out" / "archive.tar.gz", **FAST)
+        assert_refused_without_output(err, server.url(PATH), "truncated", tmp_path / "out")
+        assert len(server.requests) == 1  # a whole transfer of a bad file is not worth retrying
+
+
+def test_tar_cut_inside_a_sound_gzip_stream_is_refused(tmp_path):
+    """The gzip stream is whole (its trailer checks out) but the tar inside stops after its first member."""
+    whole = make_tar_gz(tmp_path / "whole.tar.gz", {"data00.json": b"[]" * 600, "data01.json": b"[]" * 600})
+    tar_bytes = gzip.decompress(whole.read_bytes())
+    first_member_end = 512 + 1536  # one header block, then 1200 bytes of data padded to 512
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(gzip.compress(tar_bytes[:first_member_end]))
+    with pytest.raises(DownloadError) as err:
+        download_archive(str(cut), tmp_path / "out" / "archive.tar.gz")
+    assert_refused_without_output(err, str(cut), "without its end-of-archive block", tmp_path / "out")
+
+
+def test_corrupt_byte_in_the_middle_is_refused(archive_bytes, tmp_path):
+    damaged = bytearray(archive_bytes)
+    damaged[len(damaged) // 2] ^= 0xFF
+    path = tmp_path / "damaged.tar.gz"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DownloadError) as err:
+        download_archive(str(path), tmp_path / "out" / "archive.tar.gz")
+    assert_refused_without_output(err, str(path), "", tmp_path / "out")

@@ -57,17 +57,17 @@ def download_archive(
     HTTP downloads stream into `<output>.part` and resume from it with a Range request, so an interrupted
     download (this run or an earlier one) continues where it stopped. Connection errors, timeouts and 5xx
     answers are retried `retries` times with exponential backoff starting at `backoff` seconds; other 4xx
-    answers fail at once. The result must match `sha256` when given and be a gzip-compressed tar, or it is
-    deleted and DownloadError raised. The output appears only complete and checked (rename).
+    answers fail at once. Whatever the source, the result must match `sha256` when given and be a whole
+    gzip-compressed tar (read to its end: see archive_problem), or it is deleted and DownloadError raised.
+    The output appears only complete and checked (rename).
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
         part = part_path(output)
-        size_confirmed = _download_http(url, part, retries, backoff, timeout, chunk_size, progress)
-        # Without a length from the server, only reading the gzip stream to its end shows it is whole.
-        _publish_checked(part, output, url, sha256, whole_stream=not size_confirmed)
+        _download_http(url, part, retries, backoff, timeout, chunk_size, progress)
+        _publish_checked(part, output, url, sha256)
     elif parsed.scheme in ("file", "") or len(parsed.scheme) == 1:  # one letter: a Windows drive
         source = Path(unquote(parsed.path) if parsed.scheme == "file" else url)
         if not source.is_file():
@@ -86,8 +86,8 @@ def download_archive(
     return output
 
 
-def _download_http(url, part: Path, retries, backoff, timeout, chunk_size, progress) -> bool:
-    """Fetch url into part, retrying; return whether its size matched the length the server announced."""
+def _download_http(url, part: Path, retries, backoff, timeout, chunk_size, progress) -> None:
+    """Fetch url into part, retrying transient failures."""
     for attempt in range(retries + 1):
         try:
             return _fetch_into(url, part, timeout, chunk_size, progress)
@@ -114,11 +114,8 @@ def _short_reason(err: Exception) -> str:
     return found.group(0).strip() if found else type(err).__name__
 
 
-def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress: bool) -> bool:
-    """One attempt: append what the server sends to part (or restart it); raise _Retry if worth retrying.
-
-    Returns whether the server announced the full size (and part now has exactly that many bytes).
-    """
+def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress: bool) -> None:
+    """One attempt: append what the server sends to part (or restart it); raise _Retry if worth retrying."""
     import requests  # only downloads need it
     from tqdm import tqdm
 
@@ -137,7 +134,7 @@ def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress:
         status, reason = response.status_code, response.reason
         if status == 416:  # the range starts at or past the end: complete already, or the file changed
             if _content_range(response.headers.get("Content-Range"))[1] == have:
-                return True
+                return
             part.unlink(missing_ok=True)
             raise _Retry("server refused the resume range (HTTP 416); starting over")
         if status >= 500 or status in RETRY_STATUS:
@@ -177,7 +174,6 @@ def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress:
         if size > total:
             part.unlink()
         raise _Retry(f"transfer ended at {size} of {total} bytes")
-    return total is not None
 
 
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -188,48 +184,45 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _publish_checked(
-    candidate: Path, output: Path, url: str, sha256: str | None, whole_stream: bool = False
-) -> None:
-    """Rename candidate to output if it passes the checks; otherwise delete it and raise DownloadError.
-
-    The gzip-tar check reads the first member only, or with whole_stream the entire gzip stream (its
-    checksum and length trailer reveal a truncated file).
-    """
+def _publish_checked(candidate: Path, output: Path, url: str, sha256: str | None) -> None:
+    """Rename candidate to output if it passes the checks; otherwise delete it and raise DownloadError."""
     try:
         if sha256:
             actual = file_sha256(candidate)
             if actual.lower() != sha256.lower():
                 raise DownloadError(f"sha256 mismatch: expected {sha256.lower()}, got {actual} for {url}")
-        problem = _not_a_gzip_tar(candidate) or (_gzip_stream_problem(candidate) if whole_stream else None)
+        problem = archive_problem(candidate)
         if problem:
-            raise DownloadError(f"not a gzip-compressed tar archive ({problem}): {url}")
+            raise DownloadError(f"not a whole gzip-compressed tar archive ({problem}): {url}")
     except BaseException:
         candidate.unlink(missing_ok=True)  # a bad file must neither be used nor resumed
         raise
     os.replace(candidate, output)
 
 
-def _not_a_gzip_tar(path: Path) -> str | None:
-    """Why path is not a gzip-compressed tar, or None. Reads only the first member's header: cheap."""
+def archive_problem(path: str | os.PathLike) -> str | None:
+    """Why path is not a whole gzip-compressed tar archive, or None. Reads it all, once.
+
+    The gzip stream is read to its end, where its CRC and length trailer reveal a truncated or altered file,
+    and the tar listing to its end-of-archive block, which catches a tar cut short inside a sound gzip
+    stream. A matching Content-Length or file size proves neither: the file may have been cut before.
+    """
     with open(path, "rb") as f:
         if f.read(2) != b"\x1f\x8b":
             return "no gzip header"
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            if tar.next() is None:
-                return "empty archive"
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def _gzip_stream_problem(path: Path) -> str | None:
-    """Why path's gzip stream is incomplete or corrupt, or None; decompresses it all."""
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 22):
+        with gzip.open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
+            members = sum(1 for _ in tar)  # skipping over a member's data decompresses it: still one pass
+            listing_end = tar.offset  # where the listing stopped: the end-of-archive block in a whole tar
+            while stream.read(1 << 22):  # the rest, to the gzip trailer
                 pass
-    except (EOFError, OSError, zlib.error) as err:
+            size = stream.tell()
+    except EOFError as err:
+        return f"truncated: {err}"
+    except (tarfile.TarError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         return f"{type(err).__name__}: {err}"
+    if members == 0:
+        return "empty archive"
+    if size < listing_end + tarfile.BLOCKSIZE:
+        return f"truncated: the tar listing ends after {members} members without its end-of-archive block"
     return None
