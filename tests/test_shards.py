@@ -8,7 +8,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import make_tar_gz
+from conftest import make_tar_gz, run_snakemake, write_tiny_config
 from tinyllm import shards
 from tinyllm.shards import (
     ArchiveError,
@@ -43,6 +43,26 @@ def test_missing_shard_is_named(tinystories_archive, tmp_path):
     with pytest.raises(ArchiveError, match="no shard data07.json"):
         extract_shard(deep, "data07.json", tmp_path / "data07.json")
     assert not (tmp_path / "data07.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-gzip"])
+def test_damaged_archive_names_archive_and_shard(damage, tinystories_archive, tmp_path):
+    """Cut short before data01.json ends, or not gzip at all: one line, not a bare EOFError or ReadError.
+
+    (Extraction reads only up to its shard, so damage past it is download's check to catch, not this one's.)
+    """
+    archive_bytes = tinystories_archive.read_bytes()
+    if damage == "truncated":
+        archive_bytes = archive_bytes[: len(archive_bytes) * 3 // 4]
+    else:
+        archive_bytes = b"<html><body>Sign in to continue</body></html>"
+    archive = tmp_path / "archive.tar.gz"
+    archive.write_bytes(bytes(archive_bytes))
+    output = tmp_path / "shards" / "data01.json"
+    with pytest.raises(ArchiveError, match=f"{archive}: cannot extract data01.json: the archive is") as err:
+        extract_shard(archive, "data01.json", output)
+    assert "\n" not in str(err.value)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["archive.tar.gz"]  # not even a temporary
 
 
 def tar_with(path, *members: tarfile.TarInfo, contents: dict[str, bytes] | None = None):
@@ -134,8 +154,14 @@ def test_tiny_txt_holds_one_stripped_story_per_line(shards_dir, tmp_path):
         ([{"story": "ok"}, {"story": "ok"}, {"text": "no story"}], 'entry 2 has no "story"'),
         ([{"story": "ok"}, {"story": 42}], 'entry 1 has a "story" that is a int'),
         ([{"story": "ok"}, "just a string"], "entry 1 is a str, not an object"),
+        ([{"story": "ok"}, {"story": ""}], 'entry 1 has a "story" that is empty'),
+        ([{"story": "ok"}, {"story": "ok"}, {"story": " \n\t "}], 'entry 2 .* that is only whitespace'),
+        ("[]", r"no stories \(an empty JSON array\)"),
     ],
-    ids=["bad-json", "not-a-list", "missing-story", "story-not-string", "entry-not-object"],
+    ids=[
+        "bad-json", "not-a-list", "missing-story", "story-not-string", "entry-not-object", "empty-story",
+        "whitespace-story", "no-stories",
+    ],  # fmt: skip
 )
 def test_malformed_shard_names_file_and_entry(content, message, small_tokenizer, tmp_path):
     shard = write_json(tmp_path / "data09.json", content)
@@ -175,3 +201,26 @@ def test_vocabulary_beyond_uint16_is_refused(shards_dir, small_tokenizer, tmp_pa
     with pytest.raises(ValueError, match="70000 tokens does not fit uint16"):
         pretokenize_shard(shards_dir / "data00.json", small_tokenizer, tmp_path / "data00.bin")
     assert not (tmp_path / "data00.bin").exists()
+
+
+# --- in the workflow: the rule that reads a bad shard stops there -------------------------------------------
+
+
+def test_empty_stories_stop_the_first_rule_that_reads_them(shards_dir, tmp_path):
+    """An archive whose data01.json is 1,000 empty stories: tiny_txt fails with one line naming the shard and
+    the entry, and nothing after it (tokenizer, pretokenize, train) runs."""
+    archive = make_tar_gz(
+        tmp_path / "TinyStories_empty.tar.gz",
+        {
+            "data00.json": (shards_dir / "data00.json").read_bytes(),
+            "data01.json": json.dumps([{"story": ""}] * 1000).encode(),
+        },
+    )
+    config = write_tiny_config(shards_dir, tmp_path, data={"url": str(archive)})
+    target = "results/tok512/data01.bin"
+    run = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(config,), check=False)
+    assert run.returncode != 0
+    shard = "results/data/TinyStories_all_data/data01.json"
+    assert f'ShardFormatError: {shard}: entry 0 has a "story" that is empty\n' in run.stderr
+    assert not (tmp_path / "results" / "data" / "tiny.txt").exists()
+    assert not (tmp_path / "logs" / "tokenizer").exists()

@@ -9,10 +9,12 @@ Every file is written through tinyllm.files.atomic_output, so a crash never leav
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
 import tarfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -27,7 +29,8 @@ UINT16_VOCAB_LIMIT = 1 << 16
 
 
 class ArchiveError(ValueError):
-    """The archive lacks the requested shard or holds it in a form that is not safe to write."""
+    """The archive lacks the requested shard, holds it in a form that is not safe to write, or cannot be read
+    (truncated or corrupt). str() is one line naming the archive and the shard."""
 
 
 def shard_file_name(shard: int | str) -> str:
@@ -55,27 +58,31 @@ def extract_shard(archive: str | os.PathLike, member_name: str, output: str | os
 
     The member must sit at the archive's root (as upstream) or under a single top folder. Only that member's
     bytes are read and they go to output alone, never to a path the archive names; a requested member that is
-    a link, device, absolute path or `..` path is refused with ArchiveError, as is a missing one.
+    a link, device, absolute path or `..` path is refused with ArchiveError, as is a missing one, and so is an
+    archive that ends early or is corrupt before the shard is whole (output is then left as it was).
     """
     archive, output = Path(archive), Path(output)
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:  # streams: stops at the shard rather than reading the whole archive
-            if PurePosixPath(member.name).name != member_name:
-                continue
-            problem = _unsafe_reason(member)
-            if problem:
-                raise ArchiveError(f"{archive}: refusing member {member.name!r}: {problem}")
-            depth = len([p for p in PurePosixPath(member.name).parts if p != "."])
-            if depth > 2:
-                continue
-            source = tar.extractfile(member)
-            with atomic_output(output) as out:
-                shutil.copyfileobj(source, out, 1 << 20)
-                written = out.tell()
-            if written != member.size:
-                output.unlink(missing_ok=True)
-                raise ArchiveError(f"{archive}: member {member.name!r} is truncated")
-            return output
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:  # streams: stops at the shard rather than reading the whole archive
+                if PurePosixPath(member.name).name != member_name:
+                    continue
+                problem = _unsafe_reason(member)
+                if problem:
+                    raise ArchiveError(f"{archive}: refusing member {member.name!r}: {problem}")
+                depth = len([p for p in PurePosixPath(member.name).parts if p != "."])
+                if depth > 2:
+                    continue
+                with atomic_output(output) as out:
+                    shutil.copyfileobj(tar.extractfile(member), out, 1 << 20)
+                    if out.tell() != member.size:
+                        raise ArchiveError(f"{archive}: member {member.name!r} is truncated")
+                return output
+    except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as err:  # reading errors, not writing
+        raise ArchiveError(
+            f"{archive}: cannot extract {member_name}: the archive is truncated or corrupt "
+            f"({type(err).__name__}: {err}); delete it and download it again"
+        ) from None
     raise ArchiveError(f"{archive}: no shard {member_name} at the archive's root")
 
 
@@ -83,11 +90,16 @@ def extract_shard(archive: str | os.PathLike, member_name: str, output: str | os
 
 
 class ShardFormatError(ValueError):
-    """A shard file is not a JSON array of {"story": str} objects. str() is one line naming file and entry."""
+    """A shard file is not a non-empty JSON array of {"story": str} objects whose stories hold text.
+    str() is one line naming file and entry."""
 
 
 def load_stories(shard_json: str | os.PathLike) -> list[str]:
-    """The stories of a TinyStories shard, each stripped of surrounding whitespace (as llama2.c does)."""
+    """The stories of a TinyStories shard, each stripped of surrounding whitespace (as llama2.c does).
+
+    A story that is empty or only whitespace is an error rather than skipped: it would train on bare BOS
+    tokens, and a shard of them means the data is not what it should be.
+    """
     path = Path(shard_json)
     try:
         with open(path, encoding="utf-8") as f:
@@ -113,7 +125,13 @@ def load_stories(shard_json: str | os.PathLike) -> list[str]:
             else:
                 problem = f'has a "story" that is a {type(story).__name__}, not a string'
             raise ShardFormatError(f"{path}: entry {index} {problem}")
-        stories.append(story.strip())
+        stripped = story.strip()
+        if not stripped:
+            kind = "only whitespace" if story else "empty"
+            raise ShardFormatError(f'{path}: entry {index} has a "story" that is {kind}')
+        stories.append(stripped)
+    if not stories:
+        raise ShardFormatError(f"{path}: no stories (an empty JSON array)")
     return stories
 
 
