@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import random
+import re
 import struct
 
 import numpy as np
 import pytest
 import sentencepiece as spm
+from conftest import run_snakemake, write_tiny_config
 from tinyllm.shards import load_stories
-from tinyllm.tokenizer import RUNC_BOS, RUNC_EOS, WORD_BOUNDARY, Tokenizer, train_tokenizer
+from tinyllm.tokenizer import (
+    RUNC_BOS,
+    RUNC_EOS,
+    WORD_BOUNDARY,
+    Tokenizer,
+    VocabularyTooSmall,
+    train_tokenizer,
+)
 
 # Texts where splitting at spaces could go wrong: the batched encoder must still match encode() exactly.
 AWKWARD_TEXTS = [
@@ -57,6 +66,42 @@ def test_missing_files_give_clear_errors(tmp_path):
         Tokenizer(tmp_path / "nope.model")
     with pytest.raises(FileNotFoundError, match="training text not found"):
         train_tokenizer(tmp_path / "missing.txt", tmp_path / "tok", 300)
+
+
+def required_pieces(err: pytest.ExceptionInfo) -> int:
+    return int(re.search(r"smaller than the (\d+) pieces", str(err.value)).group(1))
+
+
+def test_vocabulary_too_small_for_the_text_names_both_numbers_and_both_settings(shards_dir, tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
+    with pytest.raises(VocabularyTooSmall) as err:
+        train_tokenizer(text, tmp_path / "out" / "tok260", 260, quiet=True)
+    message, required = str(err.value), required_pieces(err)
+    assert "\n" not in message and "tokenizer.vocab_size 260 is smaller than" in message
+    assert required > 260 and f"at least {required}" in message and "tokenizer.character_coverage" in message
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+    # Both fixes it names work: a lower coverage needs fewer pieces, and the vocabulary it asks for trains.
+    with pytest.raises(VocabularyTooSmall) as fewer:
+        train_tokenizer(text, tmp_path / "out" / "tok260", 260, character_coverage=0.99, quiet=True)
+    assert required_pieces(fewer) < required and "character_coverage 0.99," in str(fewer.value)
+    model = train_tokenizer(text, tmp_path / "out" / f"tok{required}", required, quiet=True)
+    assert Tokenizer(model).n_words == required
+
+
+def test_tokenizer_rule_with_too_small_a_vocabulary_fails_in_one_line(shards_dir, tmp_path):
+    """tokenizer.vocab_size 260 (the schema's minimum): the console names the numbers and the settings; the
+    rule's log keeps SentencePiece's own lines."""
+    config = write_tiny_config(shards_dir, tmp_path, tokenizer={"vocab_size": 260})
+    target = "results/tok260/tok260.model"
+    run = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(config,), check=False)
+    assert run.returncode != 0
+    line = next(x for x in run.stderr.splitlines() if x.startswith("VocabularyTooSmall: "))
+    assert "tokenizer.vocab_size 260 is smaller than" in line and "tokenizer.character_coverage 1," in line
+    log = (tmp_path / "logs" / "tokenizer" / "tok260.log").read_text()
+    assert "trainer_interface.cc" in log and "Vocabulary size is smaller than required_chars" in log
+    assert not (tmp_path / target).exists()
 
 
 def test_encode_decode_bos_eos(tok, shards_dir):

@@ -19,6 +19,7 @@ rule tokenizer:
         vocab_size=VOCAB,
         input_sentence_size=config["tokenizer"]["input_sentence_size"],
         shuffle_input_sentence=config["tokenizer"]["shuffle_input_sentence"],
+        character_coverage=config["tokenizer"]["character_coverage"],
         code=library_hash("tokenizer.py"),
     script:
         "../scripts/tokenizer.py"

@@ -14,6 +14,7 @@ train_tokenizer(
     vocab_size=smk.params.vocab_size,
     input_sentence_size=smk.params.input_sentence_size,
     shuffle_input_sentence=smk.params.shuffle_input_sentence,
+    character_coverage=smk.params.character_coverage,
     num_threads=smk.threads,
 )
 Tokenizer(smk.output.model).export_runc(smk.output.runc)

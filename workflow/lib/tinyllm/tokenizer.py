@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +20,12 @@ RUNC_EOS = "\n</s>\n"
 # tiny.txt lines reach a few thousand bytes; SentencePiece's default (4192) would silently drop longer ones.
 MAX_SENTENCE_LENGTH = 1 << 16
 ENCODE_CHUNK = 8192  # texts per step of encode_concat: bounds the Python lists it holds
+# SentencePiece's words when the vocabulary cannot hold every required character plus the meta pieces.
+_TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+class VocabularyTooSmall(ValueError):
+    """vocab_size cannot hold the characters the text requires. str() is one line naming both settings."""
 
 
 def train_tokenizer(
@@ -27,6 +34,7 @@ def train_tokenizer(
     vocab_size: int,
     input_sentence_size: int = 200_000,
     shuffle_input_sentence: bool = True,
+    character_coverage: float = 1.0,
     num_threads: int = 1,
     quiet: bool = False,
 ) -> Path:
@@ -34,7 +42,9 @@ def train_tokenizer(
 
     The options are llama2.c's (tinystories.py train_vocab). Training writes under a temporary prefix and
     renames the files into place, so an interrupted run leaves no half-written model. quiet silences
-    SentencePiece's progress log (it goes to stderr). Returns the .model path.
+    SentencePiece's progress log (it goes to stderr). character_coverage is the share of the text's
+    characters that get a piece of their own; the rest are spelled in bytes (byte_fallback). A vocab_size
+    below what that requires raises VocabularyTooSmall. Returns the .model path.
     """
     text_path, model_prefix = Path(text_path), Path(model_prefix)
     if not text_path.is_file():
@@ -49,7 +59,7 @@ def train_tokenizer(
             vocab_size=vocab_size,
             self_test_sample_size=0,
             input_format="text",
-            character_coverage=1.0,
+            character_coverage=character_coverage,
             num_threads=num_threads,
             split_digits=True,
             allow_whitespace_only_pieces=True,
@@ -66,6 +76,18 @@ def train_tokenizer(
         )
         for suffix in (".vocab", ".model"):
             os.replace(f"{tmp_prefix}{suffix}", f"{model_prefix}{suffix}")
+    except RuntimeError as err:
+        too_small = _TOO_SMALL.search(str(err))
+        if not too_small:
+            raise
+        # "vs" compares vocab_size with the text's characters plus the meta pieces (<unk>, <s>, </s>, bytes).
+        size, required = too_small.groups()
+        raise VocabularyTooSmall(
+            f"tokenizer.vocab_size {size} is smaller than the {required} pieces that {text_path} requires "
+            f"(every character covered by tokenizer.character_coverage {character_coverage:g}, plus the byte "
+            f"and control pieces): raise tokenizer.vocab_size to at least {required}, or lower "
+            f"tokenizer.character_coverage so that rare characters are spelled in bytes"
+        ) from err  # SentencePiece's own words stay in the traceback, in the rule's log
     finally:
         for suffix in (".vocab", ".model"):
             Path(f"{tmp_prefix}{suffix}").unlink(missing_ok=True)
