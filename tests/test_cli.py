@@ -8,24 +8,19 @@ import sys
 
 import pytest
 import torch
+from conftest import make_random_model
 from tinyllm import cli
 from tinyllm.generate import generate
-from tinyllm.model import ModelArgs, Transformer
+from tinyllm.model import Transformer
 from tinyllm.tokenizer import Tokenizer
 
 # Small tensors: a second thread gains nothing and stalls badly when the other cores are busy.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
 
 
 def tiny_model(vocab_size: int = 512) -> Transformer:
-    torch.manual_seed(0)
-    model = Transformer(ModelArgs(**{**TINY, "vocab_size": vocab_size}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)  # spread the logits so greedy text varies
-    return model.eval()
+    return make_random_model(scale=3.0, vocab_size=vocab_size)  # spread logits: greedy text varies
 
 
 @pytest.fixture
@@ -66,13 +61,28 @@ def test_sample_defaults_point_at_results_and_flags_apply(results, tmp_path, mon
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--temperature", "-1"), ("--top-p", "0"), ("--num-samples", "0"), ("--max-new-tokens", "x")],
-)
+    [("--temperature", "-1"), ("--temperature", "inf"), ("--top-p", "0"), ("--top-p", "1.5"),
+     ("--num-samples", "0"), ("--max-new-tokens", "x"), ("--top-k", "-3"), ("--top-k", "2.5"),
+     ("--seed", "-1")],
+)  # fmt: skip
 def test_sample_rejects_bad_knobs(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["sample", flag, value])
     assert exit_info.value.code == 2
-    assert flag in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith(f"tinyllm sample: error: argument {flag}:") and value in line
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7", "tpu", "bogus"])
+def test_an_unavailable_device_is_one_line(device, results, capsys):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that CUDA device")
+    checkpoint = results / "train" / "ckpt.pt"
+    assert cli.main(["sample", "--checkpoint", str(checkpoint), "--device", device]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("tinyllm sample: ") and repr(device) in line
+    expected = ("no CUDA device", "CUDA device(s)") if device.startswith("cuda") else ("use auto, cpu",)
+    assert any(words in line for words in expected)
 
 
 def test_missing_checkpoint_is_a_one_line_error_without_traceback(tmp_path):

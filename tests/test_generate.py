@@ -6,39 +6,23 @@ from unittest import mock
 
 import pytest
 import torch
+from conftest import TINY_MODEL as TINY
+from conftest import make_random_model as random_model
 from tinyllm import generate as gen
+from tinyllm.checkpoint import save_checkpoint as save_weights
+from tinyllm.checkpoint import weights_checkpoint
 from tinyllm.generate import Decoder, SampleError, generate, sample_next_token, write_samples
-from tinyllm.model import KVCache, ModelArgs, Transformer
+from tinyllm.model import ModelArgs, Transformer
 from tinyllm.shards import load_stories
 from tinyllm.tokenizer import Tokenizer
 
 # Small tensors: a second thread gains nothing and stalls badly when the other cores are busy.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
-
-
-def random_model(seed: int = 0, scale: float = 1.0, **overrides) -> Transformer:
-    """Random weights; scale > 1 sharpens the logits so greedy decoding does not collapse to one token."""
-    torch.manual_seed(seed)
-    model = Transformer(ModelArgs(**{**TINY, **overrides}))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):  # gains off 1, so folding them into the matrices is tested
-                p.uniform_(0.5, 1.5)
-            else:
-                p.mul_(scale)
-    return model.eval()
 
 
 def save_checkpoint(model: Transformer, path, iter_num: int = 7) -> None:
-    checkpoint = {
-        "model": model.state_dict(),
-        "model_args": model.args.to_dict(),
-        "iter_num": iter_num,
-        "config": {"model": model.args.to_dict()},
-    }
-    torch.save(checkpoint, path)
+    save_weights(weights_checkpoint(model, {"model": model.args.to_dict()}, iter_num), path)
 
 
 @pytest.fixture(scope="module")
@@ -132,21 +116,6 @@ def test_decoder_logits_match_the_full_forward(batch):
     assert error < 1e-4, error
     with pytest.raises(ValueError, match="past max_seq_len"):
         decoder.step(tokens[:, 0], TINY["max_seq_len"])
-
-
-def test_model_kv_cache_path_matches_the_full_forward():
-    model = random_model(seed=4, scale=3.0)
-    tokens = torch.randint(0, TINY["vocab_size"], (2, 30), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        reference, _ = model(tokens)
-        cache = KVCache(model.args, 2, TINY["max_seq_len"])
-        first, _ = model(tokens[:, :10], cache=cache)
-        middle, _ = model(tokens[:, 10:13], cache=cache, start_pos=10)  # a block after a prefix: masked
-        rest = [model(tokens[:, p : p + 1], cache=cache, start_pos=p)[0] for p in range(13, 30)]
-    assert (torch.cat([first, middle, *rest], dim=1) - reference).abs().max().item() < 1e-4
-
-
-# --- generate: cached path equals the reference ------------------------------------------------------------
 
 
 def test_greedy_with_cache_equals_reference_on_a_trained_model(trained):

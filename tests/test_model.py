@@ -1,4 +1,4 @@
-"""The Transformer: shapes, size, causality, grouped-query attention, rotary, the KV cache, checkpoints."""
+"""The Transformer: shapes, size, causality, grouped-query attention, rotary, checkpoints."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from tinyllm.model import KVCache, ModelArgs, Transformer, apply_rotary, load_model, rotary_tables
-
-TINY = dict(dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, max_seq_len=24, multiple_of=16)
+from conftest import TINY_MODEL as TINY
+from tinyllm.model import ModelArgs, Transformer, apply_rotary, load_model, rotary_tables
 
 
 def tiny_model(seed: int = 0, **overrides) -> Transformer:
@@ -100,17 +99,6 @@ def test_rotary_rotates_interleaved_pairs():
     # Under bf16 the rotation is computed in float32 and rounded once.
     reference = apply_rotary(x.bfloat16().float(), cos, sin).bfloat16()
     assert torch.equal(apply_rotary(x.bfloat16(), cos, sin), reference)
-
-
-def test_kv_cache_forward_equals_full_forward():
-    model = tiny_model()
-    tokens = random_tokens(2, 14)
-    full, _ = model(tokens)
-    cache = KVCache(model.args, batch_size=2, max_len=model.args.max_seq_len)
-    pieces = [model(tokens[:, :5], cache=cache, start_pos=0)[0]]  # prefill
-    pieces += [model(tokens[:, p : p + 1], cache=cache, start_pos=p)[0] for p in range(5, 10)]  # one by one
-    pieces.append(model(tokens[:, 10:], cache=cache, start_pos=10)[0])  # a chunk after a prefix: masked
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_positions_past_max_seq_len_are_refused():
