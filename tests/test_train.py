@@ -403,3 +403,27 @@ def test_the_projected_wall_time_is_logged_and_a_long_cpu_run_is_pointed_at_the_
     (line,) = [line for line in log.splitlines() if "projected wall time" in line]
     assert f"for {training.PROJECTION_STEPS + 4} iterations" in line and "tokens/s" in line
     assert "configs/cpu.yaml" in log
+
+
+# --- train.init_from: start from existing weights ----------------------------------------------------------
+
+
+def test_init_from_starts_at_the_checkpoints_weights(tiny_data, finished_run, tmp_path, capsys):
+    reference_out, reference = finished_run
+    config = tiny_config(init_from=str(reference_out / "ckpt.pt"), max_iters=8, learning_rate=1e-4)
+    training.train(**run_settings(config, tiny_data, tmp_path))
+    first_eval = next(r for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "eval")
+    # The same fixed evaluation batches as the finished run's last evaluation, on its final weights.
+    assert float(first_eval["val_loss"]) == pytest.approx(reference["val_loss"], abs=1e-6)
+    assert f"starting from the weights of {reference_out / 'ckpt.pt'}" in capsys.readouterr().err
+
+
+def test_init_from_a_model_of_another_shape_names_the_first_mismatch(tiny_data, finished_run, tmp_path):
+    reference_out, _ = finished_run
+    config = tiny_config(init_from=str(reference_out / "ckpt.pt"))
+    config["model"] = {**config["model"], "dim": 64}
+    with pytest.raises(ValueError) as caught:
+        training.train(**run_settings(config, tiny_data, tmp_path))
+    source = reference_out / "ckpt.pt"
+    assert str(caught.value) == f"train.init_from {source} has model.dim 32, the config says 64"
+    assert not (tmp_path / "state").exists()

@@ -8,6 +8,7 @@ rule train:
     input:
         shards=expand(SHARD_BIN, shard=SHARDS),
         tokenizer=TOK_MODEL,
+        init_from=config["train"]["init_from"] or [],
     output:
         ckpt=CKPT,
         best=f"{TRAIN_DIR}/best.pt",

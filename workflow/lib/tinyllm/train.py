@@ -149,9 +149,16 @@ def check_inputs(bin_dir, tokenizer) -> dict[str, list[Path]]:
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """blake2b of a file's content: about 1 s per GB, small beside any training run."""
+    """blake2b of a file's content (of every file in a folder): about 1 s per GB, small beside training."""
+    path = Path(path)
+    if path.is_dir():
+        parts = (f"{p.relative_to(path)}:{file_digest(p)}" for p in sorted(path.rglob("*")) if p.is_file())
+        return hashlib.blake2b("\n".join(parts).encode()).hexdigest()[:32]
+    digest = hashlib.blake2b()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()[:32]
 
 
 def inputs_fingerprint(shards: dict[str, list[Path]], tokenizer_model: str | os.PathLike) -> dict:
@@ -398,6 +405,16 @@ class Run:
         inputs = inputs_fingerprint(self.shards, tokenizer_model)
         self.tokens_per_byte = val_tokens_per_byte(self.shards["val"][0], tokenizer)
         self.args = ModelArgs(**model_cfg, vocab_size=tokenizer.n_words)
+        self.init_weights = None  # train.init_from's weights: an input too, read and checked up front
+        if cfg["init_from"]:
+            from tinyllm.imports import check_matches, load_foreign_checkpoint
+
+            source = load_foreign_checkpoint(cfg["init_from"])
+            where = f"train.init_from {cfg['init_from']}"
+            check_matches(source.model_args, model_cfg, tokenizer.n_words, where)
+            self.init_weights = source.state_dict
+            inputs["init_from"] = file_digest(cfg["init_from"])
+            world.log(f"train: starting from the weights of {cfg['init_from']} ({source.format})")
 
         self.state, resume_reason = load_resumable_state(self.state_dir, config, world.size, inputs)
         if world.distributed:
@@ -412,6 +429,8 @@ class Run:
         # Model and optimizer: the same initial weights on every rank, then per-rank dropout streams.
         torch.manual_seed(cfg["seed"])
         self.raw_model = Transformer(self.args).to(device)
+        if self.init_weights is not None:
+            self.raw_model.load_state_dict(self.init_weights)
         torch.manual_seed(cfg["seed"] + world.rank)
         self.optimizer = configure_optimizer(self.raw_model, cfg, device)
         self.num_params = self.raw_model.num_params()
