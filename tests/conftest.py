@@ -153,3 +153,107 @@ def make_random_model(seed: int = 0, scale: float = 1.0, tied: bool = True, **ov
 def random_model():
     """make_random_model as a fixture: random_model(seed=..., scale=..., tied=..., **ModelArgs overrides)."""
     return make_random_model
+
+
+# --- running Snakemake as a user does, for the end-to-end tests (pipeline, SLURM, GPU) ---------------------
+
+SNAKEFILE = REPO / "Snakefile"
+TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
+EXTRA_SHARD_STORIES = 300  # data02.json of the test archive (data01's first stories): shards can grow
+
+
+def snakemake_command() -> list[str]:
+    """The snakemake of the interpreter running the tests (the venv's, as a user's shell finds it), or
+    `python -m snakemake` where that interpreter has no console script (packages installed with --target)."""
+    import sys
+
+    script = Path(sys.executable).with_name("snakemake")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "snakemake"]
+
+
+SNAKEMAKE = snakemake_command()
+
+
+def tail(text: str, chars: int = 6000) -> str:
+    return text[-chars:]
+
+
+def stop_group(proc, grace: float = 15) -> None:
+    """SIGINT to the process group started for proc (start_new_session), SIGKILL if it lingers."""
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    configfiles: tuple[Path, ...] = (),
+    snakefile: Path = SNAKEFILE,
+    timeout: float = 300,
+    check: bool = True,
+):
+    """snakemake --snakefile ... --directory workdir [--configfile ...] args, run from workdir.
+
+    Returns the subprocess.CompletedProcess, stdout and stderr kept apart (--dag writes the graph to stdout).
+    On a timeout the whole process group gets SIGINT, the signal Snakemake cleans up on, then SIGKILL.
+    """
+    import subprocess
+
+    cmd = [*SNAKEMAKE, "--snakefile", str(snakefile), "--directory", str(workdir), *args]
+    if configfiles:
+        cmd += ["--configfile", *map(str, configfiles)]
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{tail(stdout + stderr)}")
+    result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    if check and result.returncode != 0:
+        pytest.fail(f"exit {result.returncode}: {' '.join(cmd)}\n{tail(stdout + stderr)}")
+    return result
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def build_archive(shards_dir: Path, dest: Path) -> Path:
+    """A TinyStories-style tar.gz: data00.json, data01.json at its root, and a small data02.json."""
+    stories = json.loads((shards_dir / "data01.json").read_text())[:EXTRA_SHARD_STORIES]
+    members = {name: (shards_dir / name).read_bytes() for name in ("data00.json", "data01.json")}
+    members["data02.json"] = json.dumps(stories, ensure_ascii=False).encode()
+    return make_tar_gz(dest, members)
+
+
+def write_tiny_config(shards_dir: Path, folder: Path, **section_overrides: dict) -> Path:
+    """tests/configs/tiny.yaml with data.url pointing at an archive built from shards_dir, in folder.
+
+    section_overrides update whole sections key by key, e.g. train={"device": "cuda"}.
+    """
+    import yaml
+
+    archive = build_archive(shards_dir, folder / "TinyStories_test.tar.gz")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["data"]["url"] = str(archive)
+    for section, keys in section_overrides.items():
+        config.setdefault(section, {}).update(keys)
+    return write_yaml(folder / "tiny.yaml", config)

@@ -7,11 +7,13 @@ run and reported together with their ratio.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -113,39 +115,49 @@ def bench_pretokenize(threads: int) -> dict[str, float]:
 
 # --- train --------------------------------------------------------------------------------------------------
 
+RECIPE_TOKENS = 100_000 * 8 * 4 * 256  # the reference recipe: max_iters x batch_size x accumulation x seq_len
+GRAD_COSINE_MIN = 0.99  # a CUDA path whose gradient points elsewhere than fp32 eager's is wrong, however fast
+
+
+def _reference_args():
+    from tinyllm.model import ModelArgs
+
+    return ModelArgs(dim=288, n_layers=8, n_heads=8, n_kv_heads=4, vocab_size=4096, max_seq_len=256)
+
 
 @group("train")
 def bench_train(threads: int) -> dict[str, float]:
     """Training throughput, forward + backward + AdamW step, at the reference config on random tokens.
 
-    dim 288, 8 layers, 8/4 heads, vocab 4096, batch 8 x 256 tokens, one micro-step per optimizer step, on
-    CUDA when available, else the CPU. Paths: float32 eager (llama2.c's), bf16 autocast eager, and bf16
-    autocast compiled (when the device multiplies bf16 in hardware); they are timed in alternating rounds,
-    best round kept, so background load hits them alike. MFU = (6 N + 12 n_layers dim T) tokens/s / the peak
-    for the path's dtype: on the CPU the matmul peak measured here, on known GPUs their nominal bf16 peak
-    (tinyllm.train.peak_flops). Attention is counted dense (not halved for causality), as nanoGPT does.
+    dim 288, 8 layers, 8/4 heads, vocab 4096, seq 256. On CUDA when torch sees it (bench_train_cuda), else on
+    the CPU at batch 8 x 256 tokens, one micro-step per optimizer step: float32 eager (llama2.c's path), bf16
+    autocast eager, and bf16 autocast compiled (when the CPU multiplies bf16 in hardware), timed in
+    alternating rounds, best round kept, so background load hits them alike. MFU = (6 N + 12 n_layers dim T)
+    tokens/s / the matmul peak of the path's dtype measured here (tinyllm.devices.peak_flops); attention is
+    counted dense (not halved for causality), as nanoGPT does. train_recipe_minutes projects the reference
+    recipe (0.82B tokens) at the fastest path's speed.
     """
-    from tinyllm.model import ModelArgs, Transformer
-    from tinyllm.train import configure_optimizer, cpu_has_bf16_matmul, flops_per_token, peak_flops
+    from tinyllm.devices import cpu_has_bf16_matmul, peak_flops
+    from tinyllm.model import Transformer
+    from tinyllm.optim import configure_optimizer
+    from tinyllm.train import flops_per_token
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    on_cuda = device.type == "cuda"
-    args = ModelArgs(dim=288, n_layers=8, n_heads=8, n_kv_heads=4, vocab_size=4096, max_seq_len=256)
+    if torch.cuda.is_available():
+        return bench_train_cuda(torch.device("cuda"))
+    device = torch.device("cpu")
+    args = _reference_args()
     batch, rounds, steps_per_round = 8, 4, 2
     optimizer_cfg = {"learning_rate": 5e-4, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95}
     generator = torch.Generator().manual_seed(0)
-    x, y = (
-        torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=generator).to(device)
-        for _ in "xy"
-    )
+    x, y = (torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=generator) for _ in "xy")
     paths = {"fp32_eager": (torch.float32, False)}
-    if torch.cuda.is_bf16_supported() if on_cuda else cpu_has_bf16_matmul():
+    if cpu_has_bf16_matmul():
         paths |= {"bf16_eager": (torch.bfloat16, False), "bf16_compiled": (torch.bfloat16, True)}
 
     steps, figures = {}, {}
     for name, (dtype, compiled) in paths.items():
         torch.manual_seed(0)
-        model = Transformer(args).to(device)
+        model = Transformer(args)
         optimizer = configure_optimizer(model, optimizer_cfg, device)
         forward = torch.compile(model) if compiled else model
 
@@ -155,8 +167,6 @@ def bench_train(threads: int) -> dict[str, float]:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if on_cuda:  # time the work, not its queueing
-                torch.cuda.synchronize(device)
 
         first = timed(step)  # compiles, for the compiled path
         if compiled:
@@ -177,16 +187,257 @@ def bench_train(threads: int) -> dict[str, float]:
     mfu = {name: flops * speed[name] / peaks[paths[name][0]] for name in paths}
     fastest = max(speed, key=speed.get)
     figures |= {
-        "train_device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+        "train_device": "cpu",
         "train_tokens_per_s": speed[fastest],
         "train_mfu": mfu[fastest],
         "train_fastest_path": fastest,
         "train_speedup_vs_fp32_eager": speed[fastest] / speed["fp32_eager"],
+        "train_recipe_minutes": RECIPE_TOKENS / speed[fastest] / 60,
         **{f"train_tokens_per_s_{name}": speed[name] for name in paths},
         **{f"train_mfu_{name}": mfu[name] for name in paths},
         "matmul_peak_gflops_fp32": peaks[torch.float32] / 1e9,
         "matmul_peak_gflops_bf16": peaks[torch.bfloat16] / 1e9,
     }
+    return figures
+
+
+@dataclass(frozen=True)
+class CudaPath:
+    """One way to run an optimizer step of 32 x 256 tokens on CUDA."""
+
+    name: str
+    batch_size: int  # sequences per micro-step
+    accumulation: int  # micro-steps per optimizer step
+    dtype: torch.dtype
+    compile_mode: str | None = None  # None: eager; else torch.compile's mode
+    fused_adamw: bool = True  # configure_optimizer's fused AdamW; False: the multi-tensor (foreach) one
+
+
+CUDA_PATHS = (
+    # The recipe's batch (config.yaml): 8 x 256 tokens per micro-step, 4 micro-steps per optimizer step.
+    CudaPath("fp32_eager", 8, 4, torch.float32),
+    CudaPath("bf16_eager", 8, 4, torch.bfloat16),
+    CudaPath("bf16_compiled", 8, 4, torch.bfloat16, "default"),
+    CudaPath("bf16_cudagraphs", 8, 4, torch.bfloat16, "reduce-overhead"),
+    # The GPU preset's batch (configs/gpu.yaml): the same 32 x 256 tokens per optimizer step, one micro-step.
+    CudaPath("gpu_preset_bf16_eager", 32, 1, torch.bfloat16),
+    CudaPath("gpu_preset_bf16_compiled", 32, 1, torch.bfloat16, "default"),
+    CudaPath("gpu_preset_bf16_compiled_foreach_adamw", 32, 1, torch.bfloat16, "default", fused_adamw=False),
+    CudaPath("gpu_preset_bf16_cudagraphs", 32, 1, torch.bfloat16, "reduce-overhead"),
+    # Last: autotuning the matmul kernels takes minutes.
+    CudaPath("gpu_preset_bf16_max_autotune", 32, 1, torch.bfloat16, "max-autotune-no-cudagraphs"),
+)
+
+
+def bench_train_cuda(
+    device: torch.device, paths: tuple[CudaPath, ...] = CUDA_PATHS, args=None
+) -> dict[str, float]:
+    """Training throughput on CUDA for each of paths, measured one after another, and attention kernels.
+
+    Every path trains the same model from the same initial weights on the same 32 x 256 random tokens per
+    optimizer step, with the recipe's gradient clipping, and is timed over whole optimizer steps with one
+    synchronisation per round (a step never waits for the host). For each path the figures are tokens/s
+    (best of the rounds), MFU against the GPU's nominal bf16 peak (a measured TF32 matmul peak for float32),
+    the peak GPU memory of training (weights, AdamW state, gradients, activations: torch.cuda's
+    max_memory_allocated over the timed steps, less what was allocated before the path was built), the
+    compile time, and the cosine between its gradient and float32 eager's on the same weights: a path below
+    GRAD_COSINE_MIN computes something else and is never the fastest. A path that fails prints one line and
+    is left out. Progress goes to stderr, so a run cut short still shows the paths it finished.
+    """
+    import gc
+    import sys
+
+    from tinyllm.devices import peak_flops
+    from tinyllm.model import Transformer
+    from tinyllm.train import flops_per_token
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as training sets them
+    args = args or _reference_args()
+    tokens_per_step = 32 * args.max_seq_len
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, args.vocab_size, (32, args.max_seq_len), generator=generator) for _ in "xy")
+    x, y = x.to(device), y.to(device)
+    flops = flops_per_token(args, Transformer(args).num_params())
+    peaks = {dtype: peak_flops(dtype, device) for dtype in (torch.float32, torch.bfloat16)}
+    figures: dict[str, float | str] = {
+        "train_device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "train_peak_flops_source": peaks[torch.bfloat16][1],
+        "matmul_peak_gflops_fp32": peaks[torch.float32][0] / 1e9,
+        "matmul_peak_gflops_bf16": peaks[torch.bfloat16][0] / 1e9,
+    }
+    speed, correct = {}, set()
+    for path in paths:
+        try:
+            measured = _measure_cuda_path(path, args, x, y, device)
+        except Exception as err:  # noqa: BLE001 - one path failing (a compile mode, say) must not end the bench
+            print(f"bench train: {path.name} failed: {' '.join(str(err).split())[:300]}", file=sys.stderr)
+            continue
+        finally:
+            torch._dynamo.reset()  # drops the compiled graphs (and their CUDA graphs) before the next path
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        seconds, peak_bytes, compile_s, cosine = measured
+        speed[path.name] = tokens_per_step / seconds
+        mfu = flops * speed[path.name] / peaks[path.dtype][0]
+        if cosine >= GRAD_COSINE_MIN:
+            correct.add(path.name)
+        figures |= {
+            f"train_tokens_per_s_{path.name}": speed[path.name],
+            f"train_mfu_{path.name}": mfu,
+            f"train_peak_mem_mib_{path.name}": peak_bytes / 2**20,
+            f"train_grad_cosine_{path.name}": cosine,
+        }
+        if path.compile_mode:
+            figures[f"train_compile_s_{path.name}"] = compile_s
+        compiled = f", compiled in {compile_s:.0f} s" if path.compile_mode else ""
+        print(f"bench train: {path.name}: {speed[path.name]:,.0f} tokens/s, MFU {mfu:.1%}, "
+              f"peak {peak_bytes / 2**20:,.0f} MiB, gradient cosine {cosine:.5f}{compiled}",
+              file=sys.stderr)  # fmt: skip
+
+    if "bf16_compiled" in speed:
+        figures["train_compile_s"] = figures["train_compile_s_bf16_compiled"]
+    if correct:
+        fastest = max(correct, key=speed.get)
+        figures |= {
+            "train_tokens_per_s": speed[fastest],
+            "train_mfu": figures[f"train_mfu_{fastest}"],
+            "train_peak_mem_mib": figures[f"train_peak_mem_mib_{fastest}"],
+            "train_fastest_path": fastest,
+            "train_recipe_minutes": RECIPE_TOKENS / speed[fastest] / 60,
+        }
+        if "fp32_eager" in speed:
+            figures["train_speedup_vs_fp32_eager"] = speed[fastest] / speed["fp32_eager"]
+    return figures | attention_kernels_ms(args, device)
+
+
+def _measure_cuda_path(path: CudaPath, args, x, y, device, rounds: int = 5, steps: int = 10) -> tuple:
+    """(best seconds per optimizer step, peak bytes, seconds of the first step, gradient cosine) of a path."""
+    from tinyllm.devices import synchronize
+    from tinyllm.model import Transformer
+    from tinyllm.optim import configure_optimizer
+
+    optimizer_cfg = {"learning_rate": 5e-4, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95}
+    on_cuda = device.type == "cuda"  # the CPU runs this only in tests, with no memory figures
+    allocated_before = torch.cuda.memory_allocated(device) if on_cuda else 0
+    torch.manual_seed(0)
+    model = Transformer(args).to(device)
+    optimizer = configure_optimizer(model, optimizer_cfg, device)
+    if not path.fused_adamw:
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
+        optimizer = torch.optim.AdamW(groups, lr=5e-4, betas=(0.9, 0.95), foreach=True)
+    forward = torch.compile(model, mode=path.compile_mode) if path.compile_mode else model
+    micro_batches = list(zip(x.split(path.batch_size), y.split(path.batch_size), strict=True))
+    assert len(micro_batches) == path.accumulation, "batch_size x accumulation must be the 32 sequences"
+
+    def accumulate_gradients(dtype=path.dtype) -> None:
+        for xb, yb in micro_batches:
+            if path.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                _, loss = forward(xb, yb)
+            (loss / path.accumulation).backward()
+
+    def optimizer_step() -> None:
+        accumulate_gradients()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def seconds(n: int) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(n):
+            optimizer_step()
+        synchronize(device)
+        return (time.perf_counter() - start) / n
+
+    compile_s = seconds(1)  # the first step compiles, for a compiled path
+    seconds(3)  # warm-up: CUDA graphs are recorded on the second and third calls
+    cosine = _gradient_cosine(model, accumulate_gradients, args, micro_batches, device)
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    best = min(seconds(steps) for _ in range(rounds))
+    peak = torch.cuda.max_memory_allocated(device) - allocated_before if on_cuda else 0
+    return best, peak, compile_s, cosine
+
+
+def _gradient_cosine(model, accumulate_gradients, args, micro_batches, device) -> float:
+    """Cosine between the gradient a path accumulates and float32 eager's (no TF32) on the same weights."""
+    from tinyllm.model import Transformer
+
+    model.zero_grad(set_to_none=True)
+    accumulate_gradients()
+    reference = Transformer(args).to(device)
+    reference.load_state_dict(model.state_dict())
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for xb, yb in micro_batches:
+            (reference(xb, yb)[1] / len(micro_batches)).backward()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved_tf32
+    ours = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
+    theirs = torch.cat([p.grad.flatten() for p in reference.parameters()]).double()
+    model.zero_grad(set_to_none=True)
+    return float(ours @ theirs / (ours.norm() * theirs.norm()))
+
+
+def attention_kernels_ms(args, device: torch.device, batch: int = 32, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds of causal attention forward + backward in bf16 at the reference shapes, per SDPA kernel.
+
+    At head_dim 36 (288 / 8) some fused kernels refuse to run (they want a multiple of 8); padding q, k
+    and v to 40 with zeros (and scaling by 36 ** -0.5) gives the same result, so head_dim 40 is timed too
+    (without the padding's own cost). Keys attention_ms_<kernel>_d<head_dim>; "_repeat_kv" where the kernel
+    needs the key/value heads repeated to the query heads (no grouped-query support), the repeat timed in.
+    A kernel that refuses both forms is left out, with one line on stderr.
+    """
+    import sys
+
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from tinyllm.devices import synchronize
+
+    kernels = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
+    group = args.n_heads // args.n_kv_heads
+    figures = {}
+    for head_dim in (args.head_dim, -(-args.head_dim // 8) * 8):
+        q, k, v = (
+            torch.randn(batch, heads, args.max_seq_len, head_dim, device=device, dtype=torch.bfloat16)
+            for heads in (args.n_heads, args.n_kv_heads, args.n_kv_heads)
+        )
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        grad = torch.randn_like(q)
+
+        def attention(repeat_kv: bool, q=q, k=k, v=v, grad=grad) -> None:
+            keys, values = (t.repeat_interleave(group, dim=1) for t in (k, v)) if repeat_kv else (k, v)
+            out = F.scaled_dot_product_attention(
+                q, keys, values, is_causal=True, scale=args.head_dim**-0.5, enable_gqa=not repeat_kv
+            )
+            out.backward(grad)
+
+        for name, kernel in kernels.items():
+            for repeat_kv in (False, True):
+                context = sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext()
+                try:
+                    with context:
+                        attention(repeat_kv)  # warm-up, and the check that the kernel takes these inputs
+                        synchronize(device)
+                        start = time.perf_counter()
+                        for _ in range(repeats):
+                            attention(repeat_kv)
+                        synchronize(device)
+                except RuntimeError as err:
+                    if repeat_kv:
+                        reason = " ".join(str(err).split())[:200]
+                        print(f"bench train: attention kernel {name} refuses head_dim {head_dim}: {reason}",
+                              file=sys.stderr)  # fmt: skip
+                    continue
+                key = f"attention_ms_{name}_d{head_dim}" + ("_repeat_kv" if repeat_kv else "")
+                figures[key] = (time.perf_counter() - start) / repeats * 1e3
+                break
     return figures
 
 
