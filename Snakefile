@@ -47,5 +47,6 @@ rule all:
         SAMPLES,
         EXPORT_RUNC,
         EXPORT_HF,
+        EXPORT_GGUF,
         REPORT_SUMMARY,
         REPORT_CONFIG,

@@ -257,3 +257,51 @@ def write_tiny_config(shards_dir: Path, folder: Path, **section_overrides: dict)
     for section, keys in section_overrides.items():
         config.setdefault(section, {}).update(keys)
     return write_yaml(folder / "tiny.yaml", config)
+
+
+# --- a tiny model that ends its stories, for the tests that compare generation across runtimes -------------
+
+
+def short_story(rng: random.Random) -> str:
+    name, friend = rng.sample(_NAMES, 2)
+    animal, place = rng.choice(_ANIMALS), rng.choice(_PLACES)
+    return (
+        f"Once upon a time, there was a little {animal} named {name}. "
+        f"{name} liked to play in the {place} with {friend}."
+    )
+
+
+@pytest.fixture(scope="session")
+def story_model(small_tokenizer, tmp_path_factory) -> Path:
+    """ckpt.pt of a TINY_MODEL trained for 100 steps on 400 two-sentence stories laid out as the pipeline
+    lays out shards (BOS before each story, no EOS), so that greedy decoding of "Once upon a time" writes
+    one such story and then predicts BOS, the end of the story. About 10 s on one core."""
+    import torch
+    from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
+    from tinyllm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(small_tokenizer)
+    rng = random.Random(0)
+    ids = [t for _ in range(400) for t in tokenizer.encode(short_story(rng), bos=True, eos=False)]
+    ids = torch.tensor(ids)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = make_random_model(seed=0).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(0)
+        seq = TINY_MODEL["max_seq_len"]
+        for _ in range(100):
+            starts = torch.randint(0, len(ids) - seq - 1, (16,), generator=generator).tolist()
+            x = torch.stack([ids[s : s + seq] for s in starts])
+            y = torch.stack([ids[s + 1 : s + seq + 1] for s in starts])
+            _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    assert loss.item() < 1.0, f"the story model did not learn its stories (loss {loss.item():.2f})"
+    path = tmp_path_factory.mktemp("story_model") / "ckpt.pt"
+    save_checkpoint(weights_checkpoint(model.eval(), config=None, iter_num=100), path)
+    return path

@@ -1,4 +1,5 @@
-"""tinyllm.export: llama2.c run.c weights (checked by a run.c-style forward pass), a Hugging Face folder."""
+"""tinyllm.export_runc and export_hf's weights: run.c's file checked by a run.c-style forward pass, the
+Hugging Face folder by transformers' logits. The Hugging Face tokenizer and generation are in test_hf.py."""
 
 from __future__ import annotations
 
@@ -9,35 +10,21 @@ import struct
 import numpy as np
 import pytest
 import torch
-from tinyllm.export import (
-    export_hf,
-    export_runc,
-    hf_state_dict,
-    interleaved_to_half_rotary,
-    read_runc_header,
-    runc_file_size,
-)
+from conftest import TINY_MODEL, make_random_model
+from tinyllm import paths
+from tinyllm.export_hf import export_hf, half_to_interleaved_rotary, hf_state_dict, interleaved_to_half_rotary
+from tinyllm.export_runc import export_runc, read_runc_header, runc_file_size
 from tinyllm.model import ModelArgs, Transformer, rotary_tables
 
 # Small tensors: a second thread gains nothing and stalls badly when the other cores are busy.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=32)
+TINY = TINY_MODEL
 
 
 def random_model(seed: int = 0, tied: bool = True) -> Transformer:
     """Random weights, scaled up for spread-out logits, with norm gains off 1 so their placement matters."""
-    torch.manual_seed(seed)
-    model = Transformer(ModelArgs(**TINY))
-    if not tied:
-        model.output.weight = torch.nn.Parameter(torch.randn_like(model.output.weight) * 0.02)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-            else:
-                p.mul_(3.0)
-    return model.eval()
+    return make_random_model(seed=seed, scale=3.0, tied=tied)
 
 
 def our_logits(model: Transformer, tokens: list[int]) -> np.ndarray:
@@ -135,7 +122,7 @@ def test_runc_header_and_size(tmp_path):
         n_heads=4,
         n_kv_heads=2,
         vocab_size=512,
-        max_seq_len=32,
+        max_seq_len=64,
     )
     assert path.stat().st_size == runc_file_size(header)
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.bin"]  # no temporary file left
@@ -195,12 +182,18 @@ def test_rotary_permutation_moves_pair_members_to_the_two_halves():
     assert rows == [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
 
 
+def test_rotary_permutations_are_inverse():
+    weight = torch.randn(4 * 16, 8)
+    back = half_to_interleaved_rotary(interleaved_to_half_rotary(weight, n_heads=4), n_heads=4)
+    assert torch.equal(back, weight)
+
+
 def test_transformers_loads_the_export_and_matches_our_logits(tmp_path, small_tokenizer):
     transformers = pytest.importorskip("transformers")
     model = random_model(seed=3)
     folder = export_hf(model, small_tokenizer, tmp_path / "export" / "hf")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["hf"]  # the staging folder is gone
+    assert sorted(p.name for p in folder.iterdir()) == sorted(paths.HF_EXPORT_FILES)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["hf"]  # no temporary file left
     assert (folder / "tokenizer.model").read_bytes() == small_tokenizer.read_bytes()
     config = json.loads((folder / "config.json").read_text())
     assert config["tie_word_embeddings"] is True and config["num_key_value_heads"] == 2

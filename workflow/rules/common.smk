@@ -17,11 +17,9 @@ SHARD_BIN = paths.shard_bin(VOCAB)
 TRAIN_DIR = paths.TRAIN_DIR
 CKPT = paths.CKPT
 SAMPLES = paths.SAMPLES
-EXPORT_RUNC = f"{paths.EXPORT_DIR}/model.bin"
-EXPORT_HF = expand(
-    f"{paths.EXPORT_DIR}/hf/{{name}}",
-    name=["config.json", "model.safetensors", "tokenizer.model"],
-)
+EXPORT_RUNC = paths.EXPORT_RUNC
+EXPORT_HF = [f"{paths.EXPORT_HF}/{name}" for name in paths.HF_EXPORT_FILES]
+EXPORT_GGUF = paths.EXPORT_GGUF
 
 
 wildcard_constraints:

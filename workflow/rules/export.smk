@@ -1,4 +1,5 @@
-# Trained model -> llama2.c run.c weights (read with the tokenizer's tok{V}.bin) and a Hugging Face folder.
+# Trained model -> llama2.c run.c weights (read with the tokenizer's tok{V}.bin), a Hugging Face folder
+# (transformers), and one GGUF file (llama.cpp, llama-cpp-python, ollama).
 
 
 rule export_runc:
@@ -34,3 +35,21 @@ rule export_hf:
         code=library_hash("export_hf.py"),
     script:
         "../scripts/export_hf.py"
+
+
+rule export_gguf:
+    input:
+        ckpt=CKPT,
+        tokenizer=TOK_MODEL,
+    output:
+        EXPORT_GGUF,
+    log:
+        "logs/export/gguf.log",
+    benchmark:
+        "benchmarks/export/gguf.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        code=library_hash("export_gguf.py"),
+    script:
+        "../scripts/export_gguf.py"

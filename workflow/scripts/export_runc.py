@@ -3,7 +3,7 @@
 import sys
 
 from _rule import smk
-from tinyllm.export import export_runc
+from tinyllm.export_runc import export_runc
 
 export_runc(smk.input.ckpt, smk.output[0])
 print(f"export_runc: {smk.input.ckpt} -> {smk.output[0]}", file=sys.stderr)

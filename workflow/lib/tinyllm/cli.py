@@ -1,4 +1,4 @@
-"""The `tinyllm` command: `tinyllm bench` and `tinyllm sample`."""
+"""The `tinyllm` command: `tinyllm bench`, `tinyllm sample` and `tinyllm import`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--device", default="auto", help="auto (cuda if there, else cpu), cpu, cuda[:N], mps")
     sample.add_argument("--no-stop", action="store_true", help="go on past the story's end (BOS)")
+
+    imports = sub.add_parser(
+        "import",
+        help="convert a llama2.c, run.c or Hugging Face Llama model into a tinyllm checkpoint",
+        description="Convert a model into a tinyllm checkpoint, which `tinyllm sample`, the exports and "
+        "train.init_from read. SOURCE: a tinyllm or llama2.c train.py checkpoint (.pt), a llama2.c run.c "
+        "model.bin (legacy format), or a Hugging Face Llama folder.",
+    )
+    imports.add_argument("source", help="checkpoint file or Hugging Face folder")
+    imports.add_argument("dest", help="the tinyllm checkpoint to write (.pt)")
     return parser
 
 
@@ -129,6 +139,22 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import(args: argparse.Namespace) -> int:
+    from tinyllm.imports import ForeignCheckpointError, import_checkpoint
+
+    try:
+        imported = import_checkpoint(args.source, args.dest)
+    except ForeignCheckpointError as err:
+        print(f"tinyllm import: {err}", file=sys.stderr)
+        return 2
+    a = imported.model_args
+    print(
+        f"tinyllm import: {args.source} ({imported.format}: dim {a.dim}, {a.n_layers} layers, "
+        f"{a.n_heads}/{a.n_kv_heads} heads, vocab {a.vocab_size}) -> {args.dest}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "bench":
@@ -137,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.main(args.groups, args.threads, args.json)
     elif args.command == "sample":
         return run_sample(args)
+    elif args.command == "import":
+        return run_import(args)
     return 0
 
 

@@ -14,6 +14,18 @@ TRAIN_DIR = f"{RESULTS}/train"
 EXPERIMENTS_DIR = f"{RESULTS}/experiments"
 SAMPLES = f"{RESULTS}/samples.txt"
 EXPORT_DIR = f"{RESULTS}/export"
+EXPORT_RUNC = f"{EXPORT_DIR}/model.bin"
+EXPORT_HF = f"{EXPORT_DIR}/hf"
+HF_EXPORT_FILES = (  # what tinyllm.export_hf writes into EXPORT_HF
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+)
+EXPORT_GGUF = f"{EXPORT_DIR}/model.gguf"
 REPORT_DIR = f"{RESULTS}/report"
 
 
