@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tinyllm.config import ConfigError, load_config, load_schema, validate_config
+from tinyllm.config import (
+    ConfigError,
+    check_model_shape,
+    experiment_config,
+    load_config,
+    load_schema,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,9 +27,12 @@ def test_empty_config_gets_every_default():
         "num_shards": 20,
         "input_sentence_size": 200000,
         "shuffle_input_sentence": True,
+        "character_coverage": 1.0,
     }
     assert config["train"]["learning_rate"] == 5.0e-4
     assert config["sample"]["prompts"] == ["One day, Lily met a Shoggoth"]
+    assert config["experiments"] == {}
+    assert (config["train"]["optimizer"], config["train"]["lr_schedule"]) == ("adamw", "cosine")
 
 
 def test_partial_section_keeps_given_values_and_fills_the_rest():
@@ -98,6 +108,21 @@ def test_model_shape_consistency_is_checked():
         validate_config({"model": {"dim": 100, "n_heads": 8}})
     with pytest.raises(ConfigError, match="model.n_kv_heads: 3 does not divide"):
         validate_config({"model": {"n_kv_heads": 3}})
+    with pytest.raises(ConfigError, match=r"model.dim: head size 9 \(dim / n_heads\) must be even"):
+        validate_config({"model": {"dim": 72, "n_heads": 8, "n_kv_heads": 8}})
+
+
+def test_model_shape_check_is_one_function_that_the_model_shares():
+    """ModelArgs runs the config's check (model.py imports it), so both say the same thing."""
+    from tinyllm.model import ModelArgs
+
+    check_model_shape(288, 6, 2)
+    for dim, n_heads, n_kv_heads in [(100, 8, 4), (288, 8, 3), (72, 8, 8)]:
+        with pytest.raises(ConfigError) as from_config:
+            check_model_shape(dim, n_heads, n_kv_heads)
+        with pytest.raises(ValueError) as from_model:
+            ModelArgs(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads)
+        assert str(from_model.value) == str(from_config.value)
 
 
 def test_load_config_reads_yaml_and_refuses_a_non_mapping(tmp_path):
@@ -137,3 +162,69 @@ def test_command_line_strings_of_the_wrong_type_are_still_refused(config, messag
     with pytest.raises(ConfigError) as info:
         validate_config(config)
     assert str(info.value) == message
+
+
+# --- experiments -------------------------------------------------------------------------------------------
+
+
+def test_experiments_are_partial_overrides_merged_over_the_main_sections():
+    config = validate_config(
+        {
+            "train": {"learning_rate": 1e-3, "max_iters": 50},
+            "experiments": {
+                "lr3e-3": {"train": {"learning_rate": "3e-3"}},  # as --config hands it over
+                "muon.wide_2": {
+                    "train": {"optimizer": "muon"},
+                    "model": {"dim": 384},
+                    "sample": {"top_k": None},
+                },
+            },
+        }
+    )
+    # The overrides stay as given: no defaults filled in, or they would mask the main sections' values.
+    assert config["experiments"] == {
+        "lr3e-3": {"train": {"learning_rate": 3e-3}},
+        "muon.wide_2": {"train": {"optimizer": "muon"}, "model": {"dim": 384}, "sample": {"top_k": None}},
+    }
+    faster = experiment_config(config, "lr3e-3")
+    assert faster["train"] == {**config["train"], "learning_rate": 3e-3}
+    assert faster["model"] == config["model"] and faster["tokenizer"] == config["tokenizer"]
+    assert "experiments" not in faster
+    wide = experiment_config(config, "muon.wide_2")
+    assert wide["train"]["optimizer"] == "muon" and wide["train"]["max_iters"] == 50
+    assert wide["model"] == {**config["model"], "dim": 384} and wide["sample"]["top_k"] is None
+    assert config["train"]["learning_rate"] == 1e-3 and config["model"]["dim"] == 288  # main run untouched
+
+
+@pytest.mark.parametrize(
+    "experiments, message",
+    [
+        (
+            {"lr": {"train": {"learning_rat": 0.1}}},
+            "experiments.lr.train: Additional properties are not allowed ('learning_rat' was unexpected)",
+        ),
+        (
+            {"lr": {"train": {"learning_rate": "fast"}}},
+            "experiments.lr.train.learning_rate: 'fast' is not of",
+        ),
+        ({"muon": {"train": {"optimizer": "sgd"}}}, "experiments.muon.train.optimizer: 'sgd' is not one of"),
+        (
+            {"v4k": {"tokenizer": {"vocab_size": 4096}}},
+            "experiments.v4k: Additional properties are not allowed ('tokenizer' was unexpected); "
+            "an experiment overrides only model, train and sample",
+        ),
+        ({"my run": {}}, "experiments: 'my run' is not a valid experiment name: use letters, digits"),
+        ({"../up": {}}, "experiments: '../up' is not a valid experiment name"),
+        (
+            {"wide": {"model": {"dim": 100}}},
+            "experiments.wide: model.dim: 100 is not divisible by model.n_heads",
+        ),
+        ({"lr": [{"train": {}}]}, "experiments.lr: [{'train': {}}] is not of type 'object'"),
+    ],
+    ids=["unknown-key", "type", "enum", "tokenizer", "space", "path", "shape-of-the-merge", "not-a-mapping"],
+)
+def test_a_bad_experiment_is_one_line_naming_it_and_the_key(experiments, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config({"experiments": experiments})
+    assert str(err.value).startswith(message), str(err.value)
+    assert "\n" not in str(err.value)

@@ -35,10 +35,14 @@ def test_missing_columns_and_no_evaluation_are_tolerated(tmp_path):
     assert "n/a" in summary_html(summary) and "no evaluation" in summary_html(summary)
 
 
-def test_other_bits_per_byte_column_names_are_found(tmp_path):
+def test_outputs_replace_the_old_file_atomically(tmp_path):
     metrics = tmp_path / "metrics.csv"
-    metrics.write_text("iter,train_loss,val_loss,val_bits_per_byte\n3,4.0,4.2,1.6\n")
-    assert final_losses(read_metrics(metrics))["val"]["bits_per_byte"] == 1.6
+    metrics.write_text(HEADER + "eval,10,5120,4.5,4.6,1.7,1.75,1e-3,,\n")
+    page = tmp_path / "summary.html"
+    page.write_text("an older summary")
+    write_summary(metrics, page)
+    assert "4.6000" in page.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "summary.html"]  # no temporary file
 
 
 def test_config_record_round_trips(tmp_path):

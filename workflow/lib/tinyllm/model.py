@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyllm.config import check_model_shape
+
 
 @dataclass
 class ModelArgs:
@@ -33,14 +35,7 @@ class ModelArgs:
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.dim % self.n_heads:
-            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})"
-            )
-        if (self.dim // self.n_heads) % 2:
-            raise ValueError(f"head size dim/n_heads = {self.dim // self.n_heads} must be even for rotary")
+        check_model_shape(self.dim, self.n_heads, self.n_kv_heads)  # raises ConfigError, a ValueError
         if self.hidden_dim is None:
             hidden = int(2 * (4 * self.dim) / 3)
             self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)

@@ -1,8 +1,9 @@
 """Pieces of the Snakemake report: the final losses from metrics.csv, and the config a run used.
 
-The training loop writes one metrics row per log interval; rows that also evaluated carry val_loss and the
-bits-per-byte columns. The summary takes the last evaluated row, so it shows the losses of the final weights.
-Column names are read from the header, so a column added to or dropped from metrics.csv does not break it.
+The training loop writes one metrics row per log interval and one per evaluation; evaluation rows carry
+val_loss and the bits-per-byte columns (train_bpb, val_bpb). The summary takes the last evaluated row, so it
+shows the losses of the final weights. Columns are read by name from the header, so a column added to
+metrics.csv does not break it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import csv
 import html
 import math
 import os
-from pathlib import Path
 
 import yaml
+
+from tinyllm.files import atomic_output
 
 SPLITS = ("train", "val")
 
@@ -24,21 +26,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(f)]
 
 
-def _number(value: str | None) -> float | None:
+def parse_number(value: str | None) -> float | None:
+    """A metrics.csv cell as a finite float; None for an empty cell, text, NaN or infinity."""
     try:
         x = float(value)
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
-
-
-def bpb_column(columns: list[str], split: str) -> str | None:
-    """The bits-per-byte column of a split: `val_bpb`, `val_bits_per_byte` and the like."""
-    for name in columns:
-        low = name.lower()
-        if low.startswith(split) and ("bpb" in low or "bits_per_byte" in low or "bits/byte" in low):
-            return name
-    return None
 
 
 def final_losses(rows: list[dict[str, str]]) -> dict:
@@ -49,15 +43,13 @@ def final_losses(rows: list[dict[str, str]]) -> dict:
     """
     if not rows:
         raise ValueError("metrics.csv has no rows")
-    evaluated = [row for row in rows if _number(row.get("val_loss")) is not None]
+    evaluated = [row for row in rows if parse_number(row.get("val_loss")) is not None]
     row = evaluated[-1] if evaluated else rows[-1]
-    columns = list(row)
     summary = {"iter": row.get("iter", ""), "tokens": row.get("tokens", ""), "evaluated": bool(evaluated)}
     for split in SPLITS:
-        bpb = bpb_column(columns, split)
         summary[split] = {
-            "nats_per_token": _number(row.get(f"{split}_loss")),
-            "bits_per_byte": _number(row.get(bpb)) if bpb else None,
+            "nats_per_token": parse_number(row.get(f"{split}_loss")),
+            "bits_per_byte": parse_number(row.get(f"{split}_bpb")),
         }
     return summary
 
@@ -92,7 +84,7 @@ def summary_html(summary: dict) -> str:
 def write_summary(metrics_csv: str | os.PathLike, out_html: str | os.PathLike) -> dict:
     """Read metrics.csv, write the summary page atomically, return the summary."""
     summary = final_losses(read_metrics(metrics_csv))
-    _write_text_atomic(Path(out_html), summary_html(summary))
+    write_text(out_html, summary_html(summary))
     return summary
 
 
@@ -100,11 +92,9 @@ def write_config(config: dict, out_yaml: str | os.PathLike) -> None:
     """The validated config (defaults filled in) as YAML, in the order of config.yaml's sections."""
     text = "# The configuration this run used, with every default filled in.\n"
     text += yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    _write_text_atomic(Path(out_yaml), text)
+    write_text(out_yaml, text)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_output(path, "w", encoding="utf-8") as f:
+        f.write(text)
