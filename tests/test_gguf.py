@@ -126,7 +126,7 @@ def test_export_reads_a_checkpoint_and_refuses_a_tokenizer_of_another_size(
 def llama_cpp():
     return pytest.importorskip(
         "llama_cpp",
-        reason="llama-cpp-python is not installed; `pip install llama-cpp-python` builds llama.cpp from "
+        reason="llama-cpp-python is not installed: `pip install -e '.[llamacpp]'` builds llama.cpp from "
         "source (needs a C++ compiler and cmake; 27 minutes on 2 busy cores)",
     )
 
