@@ -5,7 +5,7 @@
 #
 # The GPU machine needs Python with torch (CUDA), numpy, sentencepiece, tqdm, matplotlib and pytest, and no
 # internet. Two things travel with the checkout, both ignored by git; prepare them where pip works:
-#   /work/shared/gpu/snakemake-wheels.sh   # snakemake 9.27.1 + jsonschema wheels in .whl/, for the DAG test
+#   /work/shared/gpu/snakemake-wheels.sh   # snakemake 9.27.1 + jsonschema in .whl/ (tinyllm.config, the DAG)
 #   python3 -m pip download -q --no-deps --only-binary=:all: -d .whl gguf==0.19.0   # the DAG's GGUF export
 #   mkdir -p .gpu-data && cp ../shared/data/tinystories/data0[01].json .gpu-data/
 # Then, through this workplace's device tool (a working tree of at most 64 MiB, $OUT set by the tool):
