@@ -275,7 +275,7 @@ def short_story(rng: random.Random) -> str:
 def story_model(small_tokenizer, tmp_path_factory) -> Path:
     """ckpt.pt of a TINY_MODEL trained for 100 steps on 400 two-sentence stories laid out as the pipeline
     lays out shards (BOS before each story, no EOS), so that greedy decoding of "Once upon a time" writes
-    one such story and then predicts BOS, the end of the story. About 10 s on one core."""
+    one such story and then predicts BOS, the end of the story. 5 to 20 s on one core."""
     import torch
     from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
     from tinyllm.tokenizer import Tokenizer
