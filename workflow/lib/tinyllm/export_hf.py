@@ -139,9 +139,8 @@ def hf_tokenizer(tokenizer: Tokenizer):
 
     BPE over the whole text with byte fallback (unknown characters become <0xNN> pieces), "▁" for spaces
     and in front of the text (Metaspace, prepend_scheme "first", no splitting), BOS put in front by the
-    post-processor.
-    transformers 5 rebuilds exactly this pipeline around the vocabulary and merges when it loads a
-    LlamaTokenizerFast; transformers 4 and `tokenizers` take it from the file.
+    post-processor. transformers 5 rebuilds exactly this pipeline around the vocabulary and merges when it
+    loads a LlamaTokenizerFast; transformers 4 and `tokenizers` take it from the file as it is.
     """
     from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
     from tokenizers import Tokenizer as FastTokenizer
