@@ -258,12 +258,11 @@ def bench_train_cuda(
     x, y = (torch.randint(0, args.vocab_size, (32, args.max_seq_len), generator=generator) for _ in "xy")
     x, y = x.to(device), y.to(device)
     flops = flops_per_token(args, Transformer(args).num_params())
-    peaks = {dtype: peak_flops(dtype, device) for dtype in (torch.float32, torch.bfloat16)}
+    peaks = {dtype: peak_flops(dtype, device) for dtype in {path.dtype for path in paths}}
     figures: dict[str, float | str] = {
         "train_device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-        "train_peak_flops_source": peaks[torch.bfloat16][1],
-        "matmul_peak_gflops_fp32": peaks[torch.float32][0] / 1e9,
-        "matmul_peak_gflops_bf16": peaks[torch.bfloat16][0] / 1e9,
+        **{f"train_peak_flops_source_{_dtype_name(dtype)}": source for dtype, (_, source) in peaks.items()},
+        **{f"matmul_peak_gflops_{_dtype_name(dtype)}": peak / 1e9 for dtype, (peak, _) in peaks.items()},
     }
     speed, correct = {}, set()
     for path in paths:
@@ -309,6 +308,10 @@ def bench_train_cuda(
         if "fp32_eager" in speed:
             figures["train_speedup_vs_fp32_eager"] = speed[fastest] / speed["fp32_eager"]
     return figures | attention_kernels_ms(args, device)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _measure_cuda_path(path: CudaPath, args, x, y, device, rounds: int = 5, steps: int = 10) -> tuple:
@@ -403,7 +406,7 @@ def attention_kernels_ms(args, device: torch.device, batch: int = 32, repeats: i
                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
     group = args.n_heads // args.n_kv_heads
     figures = {}
-    for head_dim in (args.head_dim, -(-args.head_dim // 8) * 8):
+    for head_dim in sorted({args.head_dim, -(-args.head_dim // 8) * 8}):
         q, k, v = (
             torch.randn(batch, heads, args.max_seq_len, head_dim, device=device, dtype=torch.bfloat16)
             for heads in (args.n_heads, args.n_kv_heads, args.n_kv_heads)
