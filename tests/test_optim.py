@@ -9,7 +9,15 @@ import torch
 from conftest import TINY_MODEL
 from tinyllm.config import validate_config
 from tinyllm.model import ModelArgs, Transformer
-from tinyllm.optim import MuonWithAdamW, configure_optimizer, get_lr, set_lr
+from tinyllm.optim import (
+    NS_COEFFICIENTS,
+    NS_STEPS,
+    MuonWithAdamW,
+    configure_optimizer,
+    get_lr,
+    orthogonalize,
+    set_lr,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
@@ -103,14 +111,16 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert isinstance(optimizer, MuonWithAdamW)
     muon_params = {id(p) for group in optimizer.muon.param_groups for p in group["params"]}
     adamw_params = {id(p) for group in optimizer.adamw.param_groups for p in group["params"]}
-    block_matrices = {id(p) for name, p in model.named_parameters() if name.startswith("layers.") and p.dim() == 2}
+    block_matrices = {
+        id(p) for name, p in model.named_parameters() if name.startswith("layers.") and p.dim() == 2
+    }
     assert muon_params == block_matrices and len(block_matrices) == 7 * TINY_MODEL["n_layers"]
     assert adamw_params == {id(p) for p in model.parameters()} - block_matrices
     assert id(model.tok_embeddings.weight) in adamw_params  # the tied embedding/output matrix
 
 
 def test_muon_steps_orthogonalised_matrices_and_adamw_steps_the_rest():
-    """One step from rest: AdamW moves every weight with a gradient by lr, Muon a matrix by an orthogonal one."""
+    """One step from rest: AdamW moves a weight with a gradient by lr, Muon a matrix by an orthogonal one."""
     cfg = train_config(optimizer="muon", learning_rate=1e-3, muon_learning_rate=0.02, weight_decay=0.0)
     model = tiny_model()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -131,12 +141,55 @@ def test_muon_steps_orthogonalised_matrices_and_adamw_steps_the_rest():
             orthogonal = -(u @ vh).flatten()
             cosine = torch.nn.functional.cosine_similarity(step.flatten(), orthogonal, dim=0)
             sgd = torch.nn.functional.cosine_similarity(-grads[name].double().flatten(), orthogonal, dim=0)
-            assert cosine > 0.85 and cosine > sgd + 0.1, f"{name}: cosine {cosine:.3f}, of the gradient {sgd:.3f}"
+            assert cosine > 0.85 and cosine > sgd + 0.1, (
+                f"{name}: cosine {cosine:.3f}, of the gradient {sgd:.3f}"
+            )
             assert torch.linalg.matrix_norm(step / scale, ord=2) < 1.6, name
         else:
             moved = grads[name].abs() > 1e-4  # far above eps, where Adam's first step is lr * sign
             assert torch.allclose(step[moved].abs(), torch.full_like(step[moved], 1e-3), rtol=1e-3), name
             assert torch.equal(step.sign()[moved], -grads[name].sign()[moved].double()), name
+
+
+def test_orthogonalize_is_torch_muons_newton_schulz():
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(48, 32), (32, 48), (32, 32)]:
+        matrix = torch.randn(shape, generator=generator)
+        expected = _zeropower_via_newtonschulz(matrix, NS_COEFFICIENTS, NS_STEPS, 1e-7)
+        assert torch.equal(orthogonalize(matrix, torch.bfloat16), expected), (
+            shape
+        )  # torch's dtype: bit for bit
+        in_float32 = orthogonalize(matrix, torch.float32)
+        assert torch.allclose(in_float32, expected.float(), atol=0.05), shape
+
+
+@pytest.mark.parametrize("ns_dtype", [torch.bfloat16, None])
+def test_muon_steps_as_torch_muon_does(ns_dtype):
+    """torch.optim.Muon's algorithm: bit for bit in its bf16, within bf16's precision in our float32 (CPU)."""
+    cfg = train_config(optimizer="muon", muon_learning_rate=0.02, weight_decay=0.1)
+    ours, theirs = tiny_model(), tiny_model()
+    optimizer = configure_optimizer(ours, cfg, CPU)
+    optimizer.muon.ns_dtype = ns_dtype
+    matrices = [p for name, p in theirs.named_parameters() if name.startswith("layers.") and p.dim() == 2]
+    reference = torch.optim.Muon(matrices, lr=0.02, weight_decay=0.1, adjust_lr_fn="original")
+    for it in range(3):
+        for model in (ours, theirs):
+            _, loss = model(*batch(it))
+            loss.backward()
+        optimizer.muon.step()
+        reference.step()
+        optimizer.zero_grad()
+        theirs.zero_grad()
+    start = tiny_model()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        if name.startswith("layers.") and a.dim() == 2:
+            if ns_dtype == torch.bfloat16:
+                assert torch.equal(a, b), name
+            else:
+                moved = (a - start.get_parameter(name)).abs().max()
+                assert (a - b).abs().max() < 0.2 * moved, f"{name}: {(a - b).abs().max()} against {moved}"
 
 
 def test_set_lr_scales_muon_by_its_own_peak():
