@@ -120,12 +120,6 @@ def small_tokenizer(shards_dir, tmp_path_factory) -> Path:
 TINY_MODEL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_args() -> dict:
-    """The tiny model's ModelArgs fields (a fresh copy per test would be safer, but no test mutates it)."""
-    return dict(TINY_MODEL)
-
-
 def make_random_model(seed: int = 0, scale: float = 1.0, tied: bool = True, **overrides):
     """A Transformer of TINY_MODEL (with overrides) in eval mode, random weights.
 
@@ -147,12 +141,6 @@ def make_random_model(seed: int = 0, scale: float = 1.0, tied: bool = True, **ov
             else:
                 p.mul_(scale)
     return model.eval()
-
-
-@pytest.fixture(scope="session")
-def random_model():
-    """make_random_model as a fixture: random_model(seed=..., scale=..., tied=..., **ModelArgs overrides)."""
-    return make_random_model
 
 
 # --- running Snakemake as a user does, for the end-to-end tests (pipeline, SLURM, GPU) ---------------------
@@ -305,3 +293,54 @@ def story_model(small_tokenizer, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("story_model") / "ckpt.pt"
     save_checkpoint(weights_checkpoint(model.eval(), config=None, iter_num=100), path)
     return path
+
+
+# --- training on tiny data, for the training and data-parallel tests ---------------------------------------
+
+
+def build_tiny_data(shards_dir: Path, folder: Path, vocab_size: int = 512) -> tuple[Path, Path]:
+    """A small tokenizer and pretokenized val/train shards (data00.bin, data01.bin) from the test stories."""
+    from tinyllm.shards import load_stories
+    from tinyllm.tokenizer import Tokenizer, train_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stories = {split: load_stories(shards_dir / f"data{split:02d}.json")[:limit]
+               for split, limit in ((0, 150), (1, 600))}  # fmt: skip
+    text = folder / "tiny.txt"
+    text.write_text("".join(story + "\n" for story in stories[0] + stories[1]), encoding="utf-8")
+    model = train_tokenizer(text, folder / "tok", vocab_size, input_sentence_size=0, quiet=True)
+    tokenizer = Tokenizer(model)
+    for split, texts in stories.items():
+        ids = tokenizer.encode_concat(texts, bos=True, eos=False)
+        ids.astype("<u2").tofile(folder / f"data{split:02d}.bin")
+    return folder, model
+
+
+def tiny_config(**train_overrides) -> dict:
+    """A tiny model's and training's validated config sections, for tinyllm.train.train(config=...)."""
+    from tinyllm.config import validate_config
+
+    config = validate_config({
+        "model": {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16,
+                  "max_seq_len": 32, "dropout": 0.1},
+        "train": {"batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 3e-3, "max_iters": 24,
+                  "warmup_iters": 4, "eval_interval": 8, "eval_iters": 2, "log_interval": 2, "device": "cpu",
+                  "dtype": "bfloat16", **train_overrides},
+    })  # fmt: skip
+    return {"model": config["model"], "train": config["train"]}
+
+
+def run_settings(config: dict, data: tuple[Path, Path], out: Path) -> dict:
+    """train()'s keyword arguments for config on data, every output under out."""
+    bin_dir, tokenizer = data
+    return {
+        "config": config, "bin_dir": str(bin_dir), "tokenizer_model": str(tokenizer),
+        "state_dir": str(out / "state"), "ckpt_path": str(out / "ckpt.pt"), "best_path": str(out / "best.pt"),
+        "metrics_path": str(out / "metrics.csv"), "plot_path": str(out / "loss.png"), "threads": 1,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_data(shards_dir, tmp_path_factory):
+    """build_tiny_data once per test session: (folder of data00.bin/data01.bin, tokenizer model)."""
+    return build_tiny_data(shards_dir, tmp_path_factory.mktemp("tiny_data"))

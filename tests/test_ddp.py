@@ -16,7 +16,7 @@ import csv
 
 import pytest
 import torch
-from test_train import build_tiny_data, run_settings, tiny_config
+from conftest import run_settings, tiny_config
 from tinyllm import train as training
 from tinyllm.batches import iter_batches
 
@@ -33,11 +33,6 @@ def ddp_config(**train_overrides) -> dict:
 def read_rows(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def tiny_data(shards_dir, tmp_path_factory):
-    return build_tiny_data(shards_dir, tmp_path_factory.mktemp("ddp_data"))
 
 
 def test_two_gloo_ranks_match_one_process_on_the_same_data(tiny_data, tmp_path, monkeypatch):

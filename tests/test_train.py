@@ -15,54 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_settings, tiny_config
 from tinyllm import train as training
 from tinyllm.checkpoint import save_checkpoint
-from tinyllm.config import validate_config
 from tinyllm.model import Transformer, load_model
 from tinyllm.shards import load_stories
-from tinyllm.tokenizer import Tokenizer, train_tokenizer
+from tinyllm.tokenizer import Tokenizer
 
 LIB_DIR = Path(training.__file__).resolve().parents[1]
-
-
-def build_tiny_data(shards_dir: Path, folder: Path, vocab_size: int = 512) -> tuple[Path, Path]:
-    """A small tokenizer and pretokenized val/train shards (data00.bin, data01.bin) from the test stories."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stories = {split: load_stories(shards_dir / f"data{split:02d}.json")[:limit]
-               for split, limit in ((0, 150), (1, 600))}  # fmt: skip
-    text = folder / "tiny.txt"
-    text.write_text("".join(story + "\n" for story in stories[0] + stories[1]), encoding="utf-8")
-    model = train_tokenizer(text, folder / "tok", vocab_size, input_sentence_size=0, quiet=True)
-    tokenizer = Tokenizer(model)
-    for split, texts in stories.items():
-        ids = tokenizer.encode_concat(texts, bos=True, eos=False)
-        ids.astype("<u2").tofile(folder / f"data{split:02d}.bin")
-    return folder, model
-
-
-def tiny_config(**train_overrides) -> dict:
-    config = validate_config({
-        "model": {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16,
-                  "max_seq_len": 32, "dropout": 0.1},
-        "train": {"batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 3e-3, "max_iters": 24,
-                  "warmup_iters": 4, "eval_interval": 8, "eval_iters": 2, "log_interval": 2, "device": "cpu",
-                  "dtype": "bfloat16", **train_overrides},
-    })  # fmt: skip
-    return {"model": config["model"], "train": config["train"]}
-
-
-def run_settings(config: dict, data: tuple[Path, Path], out: Path) -> dict:
-    bin_dir, tokenizer = data
-    return {
-        "config": config, "bin_dir": str(bin_dir), "tokenizer_model": str(tokenizer),
-        "state_dir": str(out / "state"), "ckpt_path": str(out / "ckpt.pt"), "best_path": str(out / "best.pt"),
-        "metrics_path": str(out / "metrics.csv"), "plot_path": str(out / "loss.png"), "threads": 1,
-    }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_data(shards_dir, tmp_path_factory):
-    return build_tiny_data(shards_dir, tmp_path_factory.mktemp("tiny_data"))
 
 
 @pytest.fixture(scope="module")
