@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import jsonschema
-import yaml
+# jsonschema and yaml are imported where used: tinyllm.model imports check_model_shape from here, and a
+# machine that only trains or samples (a bare GPU image) need not have them.
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 OVERRIDABLE_SECTIONS = ("model", "train", "sample")  # what an experiment may change
@@ -25,6 +25,8 @@ class ConfigError(ValueError):
 
 
 def _fill_defaults(validator_class):
+    import jsonschema
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -38,6 +40,8 @@ def _fill_defaults(validator_class):
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    import yaml
+
     with open(path) as f:
         return yaml.safe_load(f)
 
@@ -53,6 +57,8 @@ def _coerce_strings(config: dict, schema: dict, root: dict) -> None:
     Keys a schema does not name take its additionalProperties schema (an experiment's name), and
     `$ref: "#/..."` points into root.
     """
+    import yaml
+
     for key, value in config.items():
         sub = schema.get("properties", {}).get(key, schema.get("additionalProperties"))
         if not isinstance(sub, dict):
@@ -90,6 +96,8 @@ def _resolve_pointer(root: dict, ref: str) -> dict:
 
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Validate config in place (filling defaults) and return it; raise ConfigError naming the key."""
+    import jsonschema
+
     schema = schema or load_schema()
     _coerce_strings(config, schema, schema)
     # Defaults fill the main sections only: an experiment's overrides are partial, so they are checked by a
@@ -110,7 +118,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
-def _one_line(err: jsonschema.ValidationError) -> str:
+def _one_line(err) -> str:  # a jsonschema.ValidationError
     path = list(err.absolute_path)
     where = ".".join(str(p) for p in path) or "config"
     if "propertyNames" in err.schema_path:
@@ -161,6 +169,8 @@ def _check_consistency(config: dict) -> None:
 
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file and validate it."""
+    import yaml
+
     with open(path) as f:
         config = yaml.safe_load(f) or {}
     if not isinstance(config, dict):
