@@ -32,6 +32,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/experiments.smk"
 
 
 # Light rules run on the submit host under a cluster executor (profiles/slurm); download needs its internet.
@@ -50,3 +51,4 @@ rule all:
         EXPORT_GGUF,
         REPORT_SUMMARY,
         REPORT_CONFIG,
+        EXPERIMENT_TARGETS,

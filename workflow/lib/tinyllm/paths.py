@@ -12,6 +12,8 @@ TINY_TXT = f"{RESULTS}/data/tiny.txt"
 
 TRAIN_DIR = f"{RESULTS}/train"
 EXPERIMENTS_DIR = f"{RESULTS}/experiments"
+COMPARE_PLOT = f"{EXPERIMENTS_DIR}/compare.png"  # every run's val bits/byte, main run included
+COMPARE_TABLE = f"{EXPERIMENTS_DIR}/compare.md"
 SAMPLES = f"{RESULTS}/samples.txt"
 EXPORT_DIR = f"{RESULTS}/export"
 EXPORT_RUNC = f"{EXPORT_DIR}/model.bin"
