@@ -192,16 +192,9 @@ def test_experiments_train_side_by_side_compare_and_rerun_alone(tmp_path, shards
         "results/experiments/compare.md",
         *(f"results/experiments/{n}/samples.txt" for n in EXPERIMENTS),
     )
-    run_snakemake(
-        workdir,
-        "--cores",
-        "2",
-        "--resources",
-        "gpu=2",
-        *targets,
-        configfiles=(config, experiments),
-        timeout=900,
-    )
+    # Targets first: --resources takes every word after it.
+    args = (*targets, "--cores", "2", "--resources", "gpu=2")
+    run_snakemake(workdir, *args, configfiles=(config, experiments), timeout=900)
 
     for name, overrides in EXPERIMENTS.items():
         folder = workdir / "results/experiments" / name
