@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tinyllm.export_runc import classifier_is_embedding
-from tinyllm.files import atomic_output
+from tinyllm.files import atomic_path
 from tinyllm.model import Transformer, load_model
 from tinyllm.tokenizer import Tokenizer
 
@@ -102,7 +102,7 @@ def export_gguf(
         )
     sp = tokenizer.sp
 
-    writer = gguf.GGUFWriter(path=None, arch="llama")
+    writer = gguf.GGUFWriter(path=None, arch="llama")  # the file is named when written: atomic_path's
     writer.add_name("tinyllm")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_vocab_size(args.vocab_size)
@@ -131,12 +131,9 @@ def export_gguf(
 
     for name, array in gguf_tensors(model).items():
         writer.add_tensor(name, array)
-    with atomic_output(path) as f:
-        # GGUFWriter opens its output by name; hand it the atomic temporary file instead, as an already
-        # opened, empty output (the state in which it accepts the header).
-        writer.fout, writer.state = [f], gguf.WriterState.EMPTY
-        writer.write_header_to_file()
+    with atomic_path(path) as tmp:
+        writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-        writer.fout = None  # atomic_output closes the file
+        writer.close()
     return Path(path)

@@ -14,8 +14,9 @@ class DiskFullError(OSError):
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
-    """Open a temporary file beside path for writing; on success rename it over path, on error delete it.
+def atomic_path(path: str | os.PathLike):
+    """A temporary path beside path for a writer that opens files by name; on success it is synced and
+    renamed over path, on error deleted.
 
     Readers never see a half-written path, and a crash leaves at most a hidden .tmp file. A full disk,
     however deep in the writer it shows up (torch.save wraps it in its own RuntimeError), ends in one line:
@@ -24,18 +25,25 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        yield Path(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if _is_disk_full(err):
             raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}") from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
+    """Open a temporary file beside path for writing (see atomic_path): path gets it whole or not at all."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
 
 
 def _is_disk_full(err: BaseException) -> bool:
