@@ -13,13 +13,12 @@ import re
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 import zlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from tinyllm.files import current_umask
+from tinyllm.files import atomic_path
 
 RETRY_STATUS = frozenset({408, 425, 429})  # besides every 5xx: the server may answer next time
 
@@ -67,20 +66,19 @@ def download_archive(
     if parsed.scheme in ("http", "https"):
         part = part_path(output)
         _download_http(url, part, retries, backoff, timeout, chunk_size, progress)
-        _publish_checked(part, output, url, sha256)
+        try:
+            _check_archive(part, url, sha256)
+        except BaseException:
+            part.unlink(missing_ok=True)  # a bad file must neither be used nor resumed
+            raise
+        os.replace(part, output)
     elif parsed.scheme in ("file", "") or len(parsed.scheme) == 1:  # one letter: a Windows drive
         source = Path(unquote(parsed.path) if parsed.scheme == "file" else url)
         if not source.is_file():
             raise DownloadError(f"archive not found: {url}")
-        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(source, tmp)  # copies content only: tmp keeps mkstemp's private mode
-            os.chmod(tmp, 0o666 & ~current_umask())
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _publish_checked(Path(tmp), output, url, sha256)
+        with atomic_path(output) as tmp:  # a bad copy is deleted, never published
+            shutil.copyfile(source, tmp)
+            _check_archive(tmp, url, sha256)
     else:
         raise DownloadError(f"unsupported URL scheme {parsed.scheme!r}: {url}")
     return output
@@ -184,20 +182,15 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _publish_checked(candidate: Path, output: Path, url: str, sha256: str | None) -> None:
-    """Rename candidate to output if it passes the checks; otherwise delete it and raise DownloadError."""
-    try:
-        if sha256:
-            actual = file_sha256(candidate)
-            if actual.lower() != sha256.lower():
-                raise DownloadError(f"sha256 mismatch: expected {sha256.lower()}, got {actual} for {url}")
-        problem = archive_problem(candidate)
-        if problem:
-            raise DownloadError(f"not a whole gzip-compressed tar archive ({problem}): {url}")
-    except BaseException:
-        candidate.unlink(missing_ok=True)  # a bad file must neither be used nor resumed
-        raise
-    os.replace(candidate, output)
+def _check_archive(candidate: Path, url: str, sha256: str | None) -> None:
+    """Raise DownloadError unless candidate matches sha256 (when given) and is a whole gzip-compressed tar."""
+    if sha256:
+        actual = file_sha256(candidate)
+        if actual.lower() != sha256.lower():
+            raise DownloadError(f"sha256 mismatch: expected {sha256.lower()}, got {actual} for {url}")
+    problem = archive_problem(candidate)
+    if problem:
+        raise DownloadError(f"not a whole gzip-compressed tar archive ({problem}): {url}")
 
 
 def archive_problem(path: str | os.PathLike) -> str | None:
