@@ -344,3 +344,20 @@ def run_settings(config: dict, data: tuple[Path, Path], out: Path) -> dict:
 def tiny_data(shards_dir, tmp_path_factory):
     """build_tiny_data once per test session: (folder of data00.bin/data01.bin, tokenizer model)."""
     return build_tiny_data(shards_dir, tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs (root only: where mounting is not allowed, the test is skipped)."""
+    import shutil
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import pytest
 import torch
 from tinyllm.files import DiskFullError, atomic_output
@@ -18,20 +14,6 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         f.write("new, half written")
         raise RuntimeError("boom")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 3 MB tmpfs (root only: where mounting is not allowed, the test is skipped)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_stays(small_disk):

@@ -387,3 +387,28 @@ def test_init_from_a_model_of_another_shape_names_the_first_mismatch(tiny_data, 
     source = reference_out / "ckpt.pt"
     assert str(caught.value) == f"train.init_from {source} has model.dim 32, the config says 64"
     assert not (tmp_path / "state").exists()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_state_before_stays(tiny_data, small_disk, monkeypatch):
+    settings = run_settings(tiny_config(max_iters=16), tiny_data, small_disk)
+    calls = {"n": 0}
+
+    def stop_at_iteration_12(self, world, at_log_step):
+        calls["n"] += 1
+        return "SIGTERM" if calls["n"] == 12 else None
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.StopSignals, "requested", stop_at_iteration_12)
+        with pytest.raises(training.TrainingStopped):
+            training.train(**settings)
+    state, best = small_disk / "state" / "state.pt", small_disk / "state" / "best.pt"
+    before = state.read_bytes(), best.read_bytes()
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 16384))  # no room for the next state
+
+    with pytest.raises(OSError) as caught:
+        training.train(**settings)  # resumes at 12; saving at 16 fails
+    expected = [f"[Errno 28] no space left on device while writing {path}" for path in (state, best)]
+    assert str(caught.value) in expected
+    assert (state.read_bytes(), best.read_bytes()) == before
+    assert torch.load(state, weights_only=True)["iter_num"] == 12
