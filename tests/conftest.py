@@ -217,6 +217,24 @@ def run_snakemake(
     return result
 
 
+SUMMARY_COLUMNS = ("output_file", "date", "rule", "log-file(s)", "status", "plan")
+
+
+def dry_run_summary(
+    workdir: Path, *configfiles: Path, snakefile: Path = SNAKEFILE, extra: tuple[str, ...] = ()
+) -> list[dict]:
+    """The rows of `snakemake --dry-run --summary`: one per output file of the DAG, as SUMMARY_COLUMNS
+    (rule, status, plan: "update pending" for what a run would make)."""
+    args = ("--dry-run", "--summary", *extra)
+    out = run_snakemake(workdir, *args, configfiles=configfiles, snakefile=snakefile)
+    lines = out.stdout.splitlines()
+    header = "\t".join(SUMMARY_COLUMNS)
+    assert header in lines, f"no summary table in the output of {' '.join(out.args)}:\n{tail(out.stdout)}"
+    rows = [line.split("\t") for line in lines[lines.index(header) + 1 :] if line.strip()]
+    assert all(len(row) == len(SUMMARY_COLUMNS) for row in rows), tail(out.stdout)
+    return [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in rows]
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     import yaml
 

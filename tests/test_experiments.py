@@ -18,9 +18,9 @@ import torch
 from conftest import (
     TINY_CONFIG,
     TINY_MODEL,
+    dry_run_summary,
     make_random_model,
     run_snakemake,
-    tail,
     write_tiny_config,
     write_yaml,
 )
@@ -30,15 +30,6 @@ from tinyllm.compare import comparison_figure, read_run, write_comparison
 EXPERIMENT_RULES = {"train_experiment", "sample_experiment", "compare_experiments"}
 TRAIN_OUTPUTS = ("ckpt.pt", "best.pt", "metrics.csv", "loss.png")
 EXPERIMENTS = {"muon": {"train": {"optimizer": "muon"}}, "wsd": {"train": {"lr_schedule": "wsd"}}}
-
-
-def dry_run_summary(workdir: Path, *configfiles: Path, targets: tuple[str, ...] = ()) -> list[dict]:
-    """The rows of `snakemake --dry-run --summary`: one per output file of the DAG, with its rule and plan."""
-    out = run_snakemake(workdir, "--dry-run", "--summary", *targets, configfiles=configfiles)
-    lines = out.stdout.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("output_file\t")), None)
-    assert start is not None, f"no summary table:\n{tail(out.stdout + out.stderr)}"
-    return list(csv.DictReader(lines[start:], delimiter="\t"))
 
 
 def pending(rows: list[dict]) -> Counter:
@@ -219,9 +210,9 @@ def test_experiments_train_side_by_side_compare_and_rerun_alone(tmp_path, shards
             f"{name} not in the report"
         )
 
-    assert pending(dry_run_summary(workdir, config, experiments, targets=targets)) == Counter()
+    assert pending(dry_run_summary(workdir, config, experiments, extra=targets)) == Counter()
     edited = {"experiments": {**EXPERIMENTS, "wsd": {"train": {"lr_schedule": "wsd", "decay_fraction": 0.5}}}}
-    rows = dry_run_summary(workdir, config, write_yaml(tmp_path / "edited.yaml", edited), targets=targets)
+    rows = dry_run_summary(workdir, config, write_yaml(tmp_path / "edited.yaml", edited), extra=targets)
     assert pending(rows) == Counter(train_experiment=4, sample_experiment=1, compare_experiments=2), rows
     redone = {row["output_file"] for row in rows if row["plan"] == "update pending"}
     assert all("/wsd/" in path or "compare" in path for path in redone), redone

@@ -24,7 +24,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, SNAKEFILE, SNAKEMAKE, run_snakemake, tail, write_tiny_config, write_yaml
+from conftest import (
+    REPO,
+    SNAKEFILE,
+    SNAKEMAKE,
+    dry_run_summary,
+    run_snakemake,
+    tail,
+    write_tiny_config,
+    write_yaml,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +41,6 @@ pytestmark = pytest.mark.slow
 TRAIN_ONWARD = Counter(train=1, sample=1, export_runc=1, export_hf=1, export_gguf=1, report_summary=1)
 # Every config edit also rewrites the report's record of the config.
 CONFIG_RECORD = Counter(report_config=1)
-SUMMARY_COLUMNS = ("output_file", "date", "rule", "log-file(s)", "status", "plan")
 
 
 @dataclass
@@ -42,20 +50,6 @@ class Run:
     root: Path  # the temporary folder holding workdir, config and the archive
     seconds: float
     outputs_per_job: dict[str, int]  # rule -> output files each of its jobs writes
-
-
-def summary(
-    workdir: Path, *configfiles: Path, snakefile: Path = SNAKEFILE, extra: tuple[str, ...] = ()
-) -> list[dict]:
-    """The rows of `snakemake --dry-run --summary`: one per output file of the DAG, as SUMMARY_COLUMNS."""
-    args = ("--dry-run", "--summary", *extra)
-    out = run_snakemake(workdir, *args, configfiles=configfiles, snakefile=snakefile)
-    lines = out.stdout.splitlines()
-    header = "\t".join(SUMMARY_COLUMNS)
-    assert header in lines, f"no summary table in the output of {' '.join(out.args)}:\n{tail(out.stdout)}"
-    rows = [line.split("\t") for line in lines[lines.index(header) + 1 :] if line.strip()]
-    assert all(len(row) == len(SUMMARY_COLUMNS) for row in rows), tail(out.stdout)
-    return [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in rows]
 
 
 def pending(rows: list[dict]) -> list[dict]:
@@ -71,7 +65,7 @@ def dry_run(
 ) -> tuple[Counter, list[dict]]:
     """Jobs per rule that `snakemake` would run now (the summary's pending outputs, counted in jobs), and
     the summary's rows. The run's target rule `all` writes no file and is left out."""
-    rows = summary(workdir or run.workdir, *configfiles, snakefile=snakefile, extra=extra)
+    rows = dry_run_summary(workdir or run.workdir, *configfiles, snakefile=snakefile, extra=extra)
     outputs = Counter(row["rule"] for row in pending(rows))
     jobs = Counter()
     for rule, count in outputs.items():
@@ -102,7 +96,7 @@ def tiny_run(tmp_path_factory, shards_dir) -> Run:
     start = time.monotonic()
     run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", configfiles=(config_path,), timeout=900)
     seconds = time.monotonic() - start
-    per_job = outputs_per_job(summary(workdir, config_path))
+    per_job = outputs_per_job(dry_run_summary(workdir, config_path))
     return Run(workdir=workdir, config=config_path, root=root, seconds=seconds, outputs_per_job=per_job)
 
 
@@ -398,6 +392,6 @@ def test_report_has_losses_samples_dag_and_config(tiny_run, tmp_path):
     text = " ".join(page.read_text().replace("\\n", " ").split())
     for fact in ("tokenizer with 512 tokens", "(2 layers, width 64, context 64) is trained for 40 steps"):
         assert fact in text, f"the report's description lacks {fact!r}"
-    rules = {r["rule"] for r in summary(wd, tiny_run.config)}
+    rules = {r["rule"] for r in dry_run_summary(wd, tiny_run.config)}
     absent = sorted(rule for rule in rules if f'"{rule}"' not in text)
     assert not absent, f"the report does not name the rules {absent}"
