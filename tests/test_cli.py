@@ -122,6 +122,21 @@ def test_missing_prompt_file_is_an_error(results, capsys):
     assert "prompt file /nonexistent/p.txt not found" in capsys.readouterr().err
 
 
+def test_bench_refuses_a_thread_count_below_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "train", "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --threads: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_without_its_data_is_one_line(monkeypatch, tmp_path):
+    from tinyllm import bench
+
+    monkeypatch.setattr(bench, "DEFAULT_BENCH_DATA", tmp_path)
+    with pytest.raises(SystemExit, match="set TINYLLM_TEST_DATA"):
+        cli.main(["bench", "pretokenize"])
+
+
 def test_bench_still_parses_and_knows_the_sample_group(capsys):
     from tinyllm.bench import GROUPS
 

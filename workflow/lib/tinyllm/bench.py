@@ -71,7 +71,7 @@ def _bench_tokenizer(shard_dir: Path, vocab_size: int = 4096) -> Path:
 
 @group("pretokenize")
 def bench_pretokenize(threads: int) -> dict[str, float]:
-    """tinyllm.data.pretokenize_shard against llama2.c's per-story loop (process_shard), on data01.json.
+    """tinyllm.shards.pretokenize_shard against llama2.c's per-story loop (process_shard), on data01.json.
 
     Both time the whole job: read the JSON, encode, write the .bin. The reference encodes one story per call
     and collects a Python list, as llama2.c's tinystories.py does; its output must equal ours.
@@ -85,6 +85,8 @@ def bench_pretokenize(threads: int) -> dict[str, float]:
     from tinyllm.tokenizer import Tokenizer
 
     shard = DEFAULT_BENCH_DATA / "data01.json"
+    if not shard.is_file():
+        raise SystemExit(f"tinyllm bench: no {shard}: set TINYLLM_TEST_DATA to a folder of the shards")
     model = _bench_tokenizer(DEFAULT_BENCH_DATA)
 
     def reference(out: Path) -> None:

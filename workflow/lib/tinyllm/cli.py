@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure pretokenization, training and sampling speed")
     bench.add_argument("groups", nargs="*", help="groups to run (pretokenize, train, sample); none = all")
-    bench.add_argument("--threads", type=int, default=1, help="torch and tokenizer threads (default 1)")
+    bench.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch and tokenizer threads (default 1)"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
 
     sample = sub.add_parser(
