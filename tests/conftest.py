@@ -192,28 +192,35 @@ def run_snakemake(
     timeout: float = 300,
     check: bool = True,
 ):
-    """snakemake --snakefile ... --directory workdir [--configfile ...] args, run from workdir.
-
-    Returns the subprocess.CompletedProcess, stdout and stderr kept apart (--dag writes the graph to stdout).
-    On a timeout the whole process group gets SIGINT, the signal Snakemake cleans up on, then SIGKILL.
-    """
-    import subprocess
-
+    """snakemake --snakefile ... --directory workdir [--configfile ...] args, run from workdir (run_process:
+    stdout and stderr kept apart, as --dag writes the graph to stdout)."""
     cmd = [*SNAKEMAKE, "--snakefile", str(snakefile), "--directory", str(workdir), *args]
     if configfiles:
         cmd += ["--configfile", *map(str, configfiles)]
+    return run_process(cmd, workdir, timeout, check=check)
+
+
+def run_process(cmd: list[str], cwd: Path, timeout: float, check: bool = True, merge_stderr: bool = False):
+    """cmd in its own process group, its output captured (stderr apart unless merge_stderr).
+
+    Returns the subprocess.CompletedProcess; with check, a non-zero exit fails the test with the output's
+    tail. On a timeout the whole group gets SIGINT (what Snakemake cleans up on), then SIGKILL.
+    """
+    import subprocess
+
+    stderr = subprocess.STDOUT if merge_stderr else subprocess.PIPE
     proc = subprocess.Popen(
-        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
     )
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        stdout, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         stop_group(proc)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{tail(stdout + stderr)}")
-    result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+        stdout, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{tail(stdout + (err or ''))}")
+    result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, err)
     if check and result.returncode != 0:
-        pytest.fail(f"exit {result.returncode}: {' '.join(cmd)}\n{tail(stdout + stderr)}")
+        pytest.fail(f"exit {result.returncode}: {' '.join(cmd)}\n{tail(stdout + (err or ''))}")
     return result
 
 

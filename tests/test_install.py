@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, stop_group, tail, write_tiny_config
+from conftest import REPO, run_process, write_tiny_config
 from tinyllm import paths
 from tinyllm.export_runc import read_runc_header, runc_file_size
 from tinyllm.imports import load_foreign_checkpoint
@@ -52,18 +52,7 @@ def clone_of_checkout(dest: Path) -> Path:
 
 
 def run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop_group(proc)
-        out, _ = proc.communicate()
-        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{tail(out)}")
-    if proc.returncode != 0:
-        pytest.fail(f"exit {proc.returncode}: {' '.join(cmd)}\n{tail(out)}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
+    return run_process(cmd, cwd, timeout, merge_stderr=True)
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyllm.export_hf import model_and_tokenizer
 from tinyllm.export_runc import classifier_is_embedding
 from tinyllm.files import atomic_path
-from tinyllm.model import Transformer, load_model
+from tinyllm.model import Transformer
 from tinyllm.tokenizer import Tokenizer
 
 ROPE_THETA = 10000.0  # model.rotary_tables' default
@@ -91,15 +92,8 @@ def export_gguf(
     """Write the model and its tokenizer as one float32 GGUF file, atomically."""
     import gguf
 
-    model = model_or_checkpoint
-    if not isinstance(model, Transformer):
-        model = load_model(model, "cpu")
-    tokenizer = Tokenizer(tokenizer_model)
+    model, tokenizer = model_and_tokenizer(model_or_checkpoint, tokenizer_model)
     args = model.args
-    if tokenizer.n_words != args.vocab_size:
-        raise ValueError(
-            f"tokenizer {tokenizer_model} has {tokenizer.n_words} tokens, the model {args.vocab_size}"
-        )
     sp = tokenizer.sp
 
     writer = gguf.GGUFWriter(path=None, arch="llama")  # the file is named when written: atomic_path's

@@ -203,14 +203,10 @@ def generation_config(tokenizer: Tokenizer, max_seq_len: int) -> dict:
 # --- the folder --------------------------------------------------------------------------------------------
 
 
-def export_hf(
-    model_or_checkpoint: Transformer | str | os.PathLike,
-    tokenizer_model: str | os.PathLike,
-    folder: str | os.PathLike,
-) -> Path:
-    """Write the folder's files (paths.HF_EXPORT_FILES), each atomically."""
-    from safetensors.torch import save as safetensors_bytes
-
+def model_and_tokenizer(
+    model_or_checkpoint: Transformer | str | os.PathLike, tokenizer_model: str | os.PathLike
+) -> tuple[Transformer, Tokenizer]:
+    """The model (loaded on the CPU from a checkpoint path) and its tokenizer, checked to match in size."""
     model = model_or_checkpoint
     if not isinstance(model, Transformer):
         model = load_model(model, "cpu")
@@ -219,6 +215,18 @@ def export_hf(
         raise ValueError(
             f"tokenizer {tokenizer_model} has {tokenizer.n_words} tokens, the model {model.args.vocab_size}"
         )
+    return model, tokenizer
+
+
+def export_hf(
+    model_or_checkpoint: Transformer | str | os.PathLike,
+    tokenizer_model: str | os.PathLike,
+    folder: str | os.PathLike,
+) -> Path:
+    """Write the folder's files (paths.HF_EXPORT_FILES), each atomically."""
+    from safetensors.torch import save as safetensors_bytes
+
+    model, tokenizer = model_and_tokenizer(model_or_checkpoint, tokenizer_model)
     max_seq_len = model.args.max_seq_len
     contents = {
         "config.json": _json(hf_config(model.args, tokenizer.bos_id, tokenizer.eos_id)),
