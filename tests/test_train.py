@@ -157,23 +157,30 @@ training.train(**json.loads({settings!r}))
 """
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, finished_run, tmp_path):
+def run_child_until_state(settings: dict, tmp_path: Path) -> subprocess.Popen:
+    """Start training in a child process, slowed down, and return once its first state checkpoint exists."""
     import json
 
-    settings = run_settings(tiny_config(), tiny_data, tmp_path)
-    state = tmp_path / "state" / "state.pt"
     child_log = tmp_path / "child.log"
     with open(child_log, "wb") as log:  # a file, not a pipe: a full pipe would stall the child
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD.format(lib=str(LIB_DIR), settings=json.dumps(settings))],
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
+    state, deadline = Path(settings["state_dir"]) / "state.pt", time.monotonic() + 120
+    while not state.exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            pytest.fail(f"no state checkpoint within 120 s: {child_log.read_text()}")
+        time.sleep(0.02)
+    return child
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, finished_run, tmp_path):
+    settings = run_settings(tiny_config(), tiny_data, tmp_path)
+    state = tmp_path / "state" / "state.pt"
+    child = run_child_until_state(settings, tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not state.exists():
-            assert child.poll() is None, child_log.read_text()
-            assert time.monotonic() < deadline, "no state checkpoint within 120 s"
-            time.sleep(0.02)
         time.sleep(0.4)  # a few more micro-batches, then kill at an arbitrary point
         assert child.poll() is None, "the run finished before it could be killed"
         os.kill(child.pid, signal.SIGKILL)
@@ -241,25 +248,6 @@ def test_non_finite_loss_stops_naming_the_iteration(tiny_data, tmp_path, monkeyp
 
 
 # --- signals: SIGTERM (SLURM's warning before a kill) and SIGINT save the state and stop ----------------
-
-
-def run_child_until_state(settings: dict, tmp_path: Path, sleep: float = 0.03) -> subprocess.Popen:
-    """Start training in a child process, slowed down, and return once its first state checkpoint exists."""
-    import json
-
-    child_log = tmp_path / "child.log"
-    with open(child_log, "wb") as log:  # a file, not a pipe: a full pipe would stall the child
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD.format(lib=str(LIB_DIR), settings=json.dumps(settings))],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-    state, deadline = Path(settings["state_dir"]) / "state.pt", time.monotonic() + 120
-    while not state.exists():
-        if child.poll() is not None or time.monotonic() > deadline:
-            child.kill()
-            pytest.fail(f"no state checkpoint within 120 s: {child_log.read_text()}")
-        time.sleep(0.02)
-    return child
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
