@@ -10,7 +10,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
-from tinyllm.config import ConfigError, validate_config
+from tinyllm.config import validate_config
+from tinyllm.errors import ConfigError
 
 
 configfile: "config.yaml"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tinyllm.batches import PretokDataset, ShardDataError, check_pretokenized_shard, iter_batches
+from tinyllm.batches import PretokDataset, check_pretokenized_shard, iter_batches
+from tinyllm.errors import DataError
 
 torch.set_num_threads(1)
 
@@ -87,7 +88,7 @@ def test_dataset_errors_name_the_folder(bin_dir, tmp_path):
     (bin_dir / "data01.bin").unlink()
     with pytest.raises(FileNotFoundError, match=f"{bin_dir}.*'train'"):
         PretokDataset(bin_dir, "train", 16)
-    with pytest.raises(ValueError, match=f"{bin_dir}.*data00.bin holds fewer than max_seq_len"):
+    with pytest.raises(DataError, match=f"{bin_dir}.*data00.bin holds fewer than max_seq_len"):
         PretokDataset(bin_dir, "val", 300)
     with pytest.raises(ValueError, match="split must be"):
         PretokDataset(bin_dir, "test", 16)
@@ -113,7 +114,7 @@ def test_an_id_outside_the_vocabulary_is_named_with_its_position(bin_dir):
     ids = np.arange(300, dtype="<u2") % 512
     ids[[123, 200]] = [600, 700]
     ids.tofile(shard)
-    with pytest.raises(ShardDataError) as err:
+    with pytest.raises(DataError) as err:
         check_pretokenized_shard(shard, vocab_size=512)
     assert_one_line(err, str(shard), "token id 600 at position 123", "vocabulary of 512 tokens")
     assert check_pretokenized_shard(shard, vocab_size=701) == 300  # every id below the vocabulary size
@@ -123,10 +124,10 @@ def test_an_odd_sized_shard_is_named_by_the_check_and_by_the_dataset(bin_dir):
     shard = bin_dir / "data01.bin"
     with open(shard, "r+b") as f:
         f.truncate(3999)  # `truncate -s -1`
-    with pytest.raises(ShardDataError) as err:
+    with pytest.raises(DataError) as err:
         check_pretokenized_shard(shard, vocab_size=65536)
     assert_one_line(err, str(shard), "3999 bytes is not a whole number of 2-byte token ids")
-    with pytest.raises(ShardDataError) as err:  # not numpy's "Size of available data is not a multiple"
+    with pytest.raises(DataError) as err:  # not numpy's "Size of available data is not a multiple"
         PretokDataset(bin_dir, "train", 16)
     assert_one_line(err, str(shard), "3999 bytes")
 
@@ -134,7 +135,7 @@ def test_an_odd_sized_shard_is_named_by_the_check_and_by_the_dataset(bin_dir):
 def test_an_empty_shard_is_named(bin_dir):
     shard = bin_dir / "data02.bin"
     shard.write_bytes(b"")
-    with pytest.raises(ShardDataError) as err:
+    with pytest.raises(DataError) as err:
         check_pretokenized_shard(shard, vocab_size=512)
     assert_one_line(err, str(shard), "empty shard")
 

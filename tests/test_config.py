@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 from tinyllm.config import (
-    ConfigError,
     check_model_shape,
     experiment_config,
     load_config,
     load_schema,
     validate_config,
 )
+from tinyllm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def test_model_shape_check_is_one_function_that_the_model_shares():
     for dim, n_heads, n_kv_heads in [(100, 8, 4), (288, 8, 3), (72, 8, 8)]:
         with pytest.raises(ConfigError) as from_config:
             check_model_shape(dim, n_heads, n_kv_heads)
-        with pytest.raises(ValueError) as from_model:
+        with pytest.raises(ConfigError) as from_model:
             ModelArgs(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads)
         assert str(from_model.value) == str(from_config.value)
 

@@ -9,7 +9,8 @@ import socket
 import pytest
 from conftest import make_tar_gz
 from http_server import FileServer
-from tinyllm.download import DownloadError, download_archive, part_path
+from tinyllm.download import download_archive, part_path
+from tinyllm.errors import DownloadError
 
 PATH = "/TinyStories_all_data.tar.gz"
 FAST = {"retries": 2, "backoff": 0.01, "timeout": 10.0, "progress": False}

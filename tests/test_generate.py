@@ -11,7 +11,8 @@ from conftest import make_random_model as random_model
 from tinyllm import generate as gen
 from tinyllm.checkpoint import save_checkpoint as save_weights
 from tinyllm.checkpoint import weights_checkpoint
-from tinyllm.generate import Decoder, SampleError, generate, sample_next_token, write_samples
+from tinyllm.errors import CheckpointError
+from tinyllm.generate import Decoder, generate, sample_next_token, write_samples
 from tinyllm.model import ModelArgs, Transformer
 from tinyllm.shards import load_stories
 from tinyllm.tokenizer import Tokenizer
@@ -268,8 +269,8 @@ def test_write_samples_refuses_a_mismatched_tokenizer_or_missing_checkpoint(smal
     settings = dict(
         prompts=["x"], num_samples=1, max_new_tokens=2, temperature=0.0, top_k=None, top_p=1.0, seed=0
     )
-    with pytest.raises(SampleError, match="has 512 tokens but checkpoint .* vocab_size 600"):
+    with pytest.raises(CheckpointError, match="has 512 tokens but checkpoint .* vocab_size 600"):
         write_samples(tmp_path / "ckpt.pt", small_tokenizer, tmp_path / "s.txt", settings)
-    with pytest.raises(SampleError, match="no checkpoint at .*missing.pt.*snakemake"):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*missing.pt.*snakemake"):
         write_samples(tmp_path / "missing.pt", small_tokenizer, tmp_path / "s.txt", settings)
     assert not (tmp_path / "s.txt").exists()

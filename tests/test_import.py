@@ -10,10 +10,10 @@ import torch
 from conftest import TINY_MODEL, make_random_model
 from tinyllm import cli
 from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
+from tinyllm.errors import CheckpointError
 from tinyllm.export_hf import export_hf
 from tinyllm.export_runc import export_runc
 from tinyllm.imports import (
-    ForeignCheckpointError,
     check_matches,
     import_checkpoint,
     load_foreign_checkpoint,
@@ -105,7 +105,7 @@ def test_our_checkpoint_reads_as_itself(tmp_path):
 
 def test_a_model_with_its_own_output_layer_is_refused(tmp_path):
     runc = export_runc(make_random_model(seed=6, tied=False), tmp_path / "model.bin")
-    with pytest.raises(ForeignCheckpointError, match="output layer of its own"):
+    with pytest.raises(CheckpointError, match="output layer of its own"):
         load_foreign_checkpoint(runc)
 
 
@@ -118,7 +118,7 @@ def test_a_model_with_its_own_output_layer_is_refused(tmp_path):
 )
 def test_files_that_are_no_model_are_named(tmp_path, content, message):
     (tmp_path / "x.bin").write_bytes(content)
-    with pytest.raises(ForeignCheckpointError, match=message) as err:
+    with pytest.raises(CheckpointError, match=message) as err:
         load_foreign_checkpoint(tmp_path / "x.bin")
     assert "\n" not in str(err.value) and str(tmp_path / "x.bin") in str(err.value)
 
@@ -126,7 +126,7 @@ def test_files_that_are_no_model_are_named(tmp_path, content, message):
 def test_a_truncated_run_c_file_is_refused(tmp_path):
     runc = export_runc(make_random_model(), tmp_path / "model.bin")
     runc.write_bytes(runc.read_bytes()[:-4])
-    with pytest.raises(ForeignCheckpointError, match="does not fit the run.c header"):
+    with pytest.raises(CheckpointError, match="does not fit the run.c header"):
         load_foreign_checkpoint(runc)
 
 
@@ -134,15 +134,15 @@ def test_hugging_face_folders_it_cannot_hold_are_named(tmp_path, small_tokenizer
     folder = export_hf(make_random_model(), small_tokenizer, tmp_path / "hf")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "rope_theta": 500000.0}))
-    with pytest.raises(ForeignCheckpointError, match="rope_theta 500000.0; tinyllm's model has 10000.0"):
+    with pytest.raises(CheckpointError, match="rope_theta 500000.0; tinyllm's model has 10000.0"):
         load_foreign_checkpoint(folder)
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "model.safetensors").unlink()
-    with pytest.raises(ForeignCheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
+    with pytest.raises(CheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
         load_foreign_checkpoint(folder)
     shutil.rmtree(folder)
     folder.mkdir()
-    with pytest.raises(ForeignCheckpointError, match="without config.json"):
+    with pytest.raises(CheckpointError, match="without config.json"):
         load_foreign_checkpoint(folder)
 
 
@@ -151,7 +151,7 @@ def test_weights_that_do_not_fit_the_model_args_are_named(tmp_path):
     checkpoint = weights_checkpoint(model, config=None)
     checkpoint["model_args"]["dim"] = 32
     save_checkpoint(checkpoint, tmp_path / "c.pt")
-    with pytest.raises(ForeignCheckpointError, match=r"tok_embeddings.weight of shape \(512, 64\)"):
+    with pytest.raises(CheckpointError, match=r"tok_embeddings.weight of shape \(512, 64\)"):
         load_foreign_checkpoint(tmp_path / "c.pt")
 
 
@@ -180,14 +180,14 @@ def test_check_matches_accepts_the_same_model():
 )
 def test_check_matches_names_the_first_mismatch(field, value, message):
     args = ModelArgs(**{**TINY_MODEL, field: value})
-    with pytest.raises(ForeignCheckpointError) as err:
+    with pytest.raises(CheckpointError) as err:
         check_matches(args, CONFIG_MODEL, 512, "train.init_from x.pt")
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_check_matches_reports_the_first_of_several():
     args = ModelArgs(**{**TINY_MODEL, "n_layers": 6, "vocab_size": 32000})
-    with pytest.raises(ForeignCheckpointError, match="model.n_layers 6, the config says 2$"):
+    with pytest.raises(CheckpointError, match="model.n_layers 6, the config says 2$"):
         check_matches(args, CONFIG_MODEL, 512, "train.init_from x.pt")
 
 

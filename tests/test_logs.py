@@ -6,18 +6,33 @@ import subprocess
 import sys
 
 
-def test_log_stderr_to_sends_traceback_to_log_and_one_line_to_console(tmp_path):
-    log = tmp_path / "job.log"
+def run_script(log, failure: str) -> subprocess.CompletedProcess:
     script = (
         "import os, sys\n"
+        "from tinyllm.errors import DataError\n"
         "from tinyllm.logs import log_stderr_to\n"
         f"log_stderr_to({str(log)!r})\n"
         "print('python stderr line', file=sys.stderr)\n"
         "os.write(2, b'native stderr line\\n')\n"
-        "raise ValueError('data01.json: entry 3 has no story,\\n  as the tokenizer needs')\n"
+        f"{failure}\n"
     )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+def test_an_expected_error_is_one_line_in_the_log_and_on_the_console_without_a_traceback(tmp_path):
+    log = tmp_path / "job.log"
+    run = run_script(log, "raise DataError('data01.json: entry 3 has no story,\\n  as the tokenizer needs')")
     assert run.returncode == 1
-    assert run.stderr == "ValueError: data01.json: entry 3 has no story, as the tokenizer needs\n"
+    line = "error: data01.json: entry 3 has no story, as the tokenizer needs"
+    assert run.stderr == line + "\n"
     logged = log.read_text()
-    assert "python stderr line" in logged and "native stderr line" in logged and "Traceback" in logged
+    assert "python stderr line" in logged and "native stderr line" in logged
+    assert logged.endswith(line + "\n") and "Traceback" not in logged
+
+
+def test_a_bug_keeps_its_traceback_in_the_log_and_is_one_line_on_the_console(tmp_path):
+    log = tmp_path / "job.log"
+    run = run_script(log, "raise KeyError('story')")
+    assert run.returncode == 1
+    assert run.stderr == f"KeyError: 'story' (traceback in {log})\n"
+    assert "Traceback" in log.read_text()

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from conftest import make_tar_gz, run_snakemake, write_tiny_config
 from tinyllm import shards
+from tinyllm.errors import DataError
 from tinyllm.shards import (
-    ArchiveError,
-    ShardFormatError,
     extract_shard,
     load_stories,
     pretokenize_shard,
@@ -37,10 +36,10 @@ def test_extract_shard_accepts_one_top_folder(tmp_path):
 
 
 def test_missing_shard_is_named(tinystories_archive, tmp_path):
-    with pytest.raises(ArchiveError, match="no shard data07.json"):
+    with pytest.raises(DataError, match="no shard data07.json"):
         extract_shard(tinystories_archive, "data07.json", tmp_path / "data07.json")
     deep = make_tar_gz(tmp_path / "deep.tar.gz", {"a/b/data07.json": b"[]"})
-    with pytest.raises(ArchiveError, match="no shard data07.json"):
+    with pytest.raises(DataError, match="no shard data07.json"):
         extract_shard(deep, "data07.json", tmp_path / "data07.json")
     assert not (tmp_path / "data07.json").exists()
 
@@ -59,7 +58,7 @@ def test_damaged_archive_names_archive_and_shard(damage, tinystories_archive, tm
     archive = tmp_path / "archive.tar.gz"
     archive.write_bytes(bytes(archive_bytes))
     output = tmp_path / "shards" / "data01.json"
-    with pytest.raises(ArchiveError, match=f"{archive}: cannot extract data01.json: the archive is") as err:
+    with pytest.raises(DataError, match=f"{archive}: cannot extract data01.json: the archive is") as err:
         extract_shard(archive, "data01.json", output)
     assert "\n" not in str(err.value)
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["archive.tar.gz"]  # not even a temporary
@@ -105,7 +104,7 @@ def test_unsafe_member_is_refused_and_nothing_is_written(member, reason, tmp_pat
         contents={"data00.json": b"[]", "../data01.json": b"evil", "/data01.json": b"evil"},
     )
     target = tmp_path / "work" / "results"
-    with pytest.raises(ArchiveError, match=reason):
+    with pytest.raises(DataError, match=reason):
         extract_shard(archive, "data01.json", target / "data01.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar.gz"]  # nothing beside or inside target
 
@@ -170,7 +169,7 @@ def test_malformed_shard_names_file_and_entry(content, message, small_tokenizer,
         lambda: write_tiny_txt([shard], tmp_path / "tiny.txt"),
         lambda: pretokenize_shard(shard, small_tokenizer, tmp_path / "data09.bin"),
     ):
-        with pytest.raises(ShardFormatError, match=message) as err:
+        with pytest.raises(DataError, match=message) as err:
             action()
         assert str(shard) in str(err.value) and "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data09.json"]
@@ -221,6 +220,6 @@ def test_empty_stories_stop_the_first_rule_that_reads_them(shards_dir, tmp_path)
     run = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(config,), check=False)
     assert run.returncode != 0
     shard = "results/data/TinyStories_all_data/data01.json"
-    assert f'ShardFormatError: {shard}: entry 0 has a "story" that is empty\n' in run.stderr
+    assert f'error: {shard}: entry 0 has a "story" that is empty\n' in run.stderr
     assert not (tmp_path / "results" / "data" / "tiny.txt").exists()
     assert not (tmp_path / "logs" / "tokenizer").exists()

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 from conftest import run_snakemake, write_tiny_config
+from tinyllm.errors import ConfigError
 from tinyllm.shards import load_stories
 from tinyllm.tokenizer import (
     RUNC_BOS,
     RUNC_EOS,
     WORD_BOUNDARY,
     Tokenizer,
-    VocabularyTooSmall,
     train_tokenizer,
 )
 
@@ -75,7 +75,7 @@ def required_pieces(err: pytest.ExceptionInfo) -> int:
 def test_vocabulary_too_small_for_the_text_names_both_numbers_and_both_settings(shards_dir, tmp_path):
     text = tmp_path / "tiny.txt"
     text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
-    with pytest.raises(VocabularyTooSmall) as err:
+    with pytest.raises(ConfigError) as err:
         train_tokenizer(text, tmp_path / "out" / "tok260", 260, quiet=True)
     message, required = str(err.value), required_pieces(err)
     assert "\n" not in message and "tokenizer.vocab_size 260 is smaller than" in message
@@ -83,7 +83,7 @@ def test_vocabulary_too_small_for_the_text_names_both_numbers_and_both_settings(
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
     # Both fixes it names work: a lower coverage needs fewer pieces, and the vocabulary it asks for trains.
-    with pytest.raises(VocabularyTooSmall) as fewer:
+    with pytest.raises(ConfigError) as fewer:
         train_tokenizer(text, tmp_path / "out" / "tok260", 260, character_coverage=0.99, quiet=True)
     assert required_pieces(fewer) < required and "character_coverage 0.99," in str(fewer.value)
     model = train_tokenizer(text, tmp_path / "out" / f"tok{required}", required, quiet=True)
@@ -97,7 +97,7 @@ def test_tokenizer_rule_with_too_small_a_vocabulary_fails_in_one_line(shards_dir
     target = "results/tok260/tok260.model"
     run = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(config,), check=False)
     assert run.returncode != 0
-    line = next(x for x in run.stderr.splitlines() if x.startswith("VocabularyTooSmall: "))
+    line = next(x for x in run.stderr.splitlines() if x.startswith("error: "))
     assert "tokenizer.vocab_size 260 is smaller than" in line and "tokenizer.character_coverage 1," in line
     log = (tmp_path / "logs" / "tokenizer" / "tok260.log").read_text()
     assert "trainer_interface.cc" in log and "Vocabulary size is smaller than required_chars" in log

@@ -18,6 +18,7 @@ import torch
 from conftest import run_settings, tiny_config
 from tinyllm import train as training
 from tinyllm.checkpoint import save_checkpoint
+from tinyllm.errors import CheckpointError, DataError, DiskFullError, TrainingDiverged, TrainingStopped
 from tinyllm.model import Transformer, load_model
 from tinyllm.shards import load_stories
 from tinyllm.tokenizer import Tokenizer
@@ -239,7 +240,7 @@ def test_non_finite_loss_stops_naming_the_iteration(tiny_data, tmp_path, monkeyp
         return logits, loss
 
     monkeypatch.setattr(Transformer, "forward", forward_turning_nan)
-    with pytest.raises(training.TrainingDiverged) as caught:
+    with pytest.raises(TrainingDiverged) as caught:
         training.train(**run_settings(tiny_config(), tiny_data, tmp_path))
     message = str(caught.value)
     assert "iteration 11" in message and "iteration 8" in message and "\n" not in message
@@ -314,7 +315,7 @@ def test_a_bad_shard_fails_naming_it_before_the_state_is_touched(damage, tiny_da
         ids.tofile(shard)
     state = tmp_path / "out" / "state" / "state.pt"
     before = state.read_bytes()
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(DataError) as caught:
         training.train(**run_settings(tiny_config(), (data, tokenizer), tmp_path / "out"))
     message = str(caught.value)
     assert "data01.bin" in message and "\n" not in message
@@ -370,7 +371,7 @@ def test_init_from_a_model_of_another_shape_names_the_first_mismatch(tiny_data, 
     reference_out, _ = finished_run
     config = tiny_config(init_from=str(reference_out / "ckpt.pt"))
     config["model"] = {**config["model"], "dim": 64}
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(CheckpointError) as caught:
         training.train(**run_settings(config, tiny_data, tmp_path))
     source = reference_out / "ckpt.pt"
     assert str(caught.value) == f"train.init_from {source} has model.dim 32, the config says 64"
@@ -387,16 +388,16 @@ def test_a_full_disk_while_saving_is_one_line_and_the_state_before_stays(tiny_da
 
     with monkeypatch.context() as patch:
         patch.setattr(training.StopSignals, "requested", stop_at_iteration_12)
-        with pytest.raises(training.TrainingStopped):
+        with pytest.raises(TrainingStopped):
             training.train(**settings)
     state, best = small_disk / "state" / "state.pt", small_disk / "state" / "best.pt"
     before = state.read_bytes(), best.read_bytes()
     free = shutil.disk_usage(small_disk).free
     (small_disk / "filler").write_bytes(b"\0" * (free - 16384))  # no room for the next state
 
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(DiskFullError) as caught:
         training.train(**settings)  # resumes at 12; saving at 16 fails
-    expected = [f"[Errno 28] no space left on device while writing {path}" for path in (state, best)]
+    expected = [f"no space left on device while writing {path}" for path in (state, best)]
     assert str(caught.value) in expected
     assert (state.read_bytes(), best.read_bytes()) == before
     assert torch.load(state, weights_only=True)["iter_num"] == 12

@@ -12,21 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyllm.errors import DataError
+
 VAL_SHARD = "data00.bin"
 SPLITS = ("train", "val")
 TOKEN_DTYPE = np.dtype("<u2")
 _REMEDY = "delete it and rerun the workflow to pretokenize it again"
 
 
-class ShardDataError(ValueError):
-    """A pretokenized shard is not a valid token file for the vocabulary. str() is one line naming it."""
-
-
 def shard_tokens(path: str | os.PathLike) -> int:
-    """How many token ids the shard holds; ShardDataError if its size is not a whole number of them."""
+    """How many token ids the shard holds; DataError if its size is not a whole number of them."""
     size = os.path.getsize(path)
     if size % TOKEN_DTYPE.itemsize:
-        raise ShardDataError(
+        raise DataError(
             f"{path}: {size} bytes is not a whole number of {TOKEN_DTYPE.itemsize}-byte token ids "
             f"(truncated or damaged); {_REMEDY}"
         )
@@ -37,16 +35,16 @@ def check_pretokenized_shard(path: str | os.PathLike, vocab_size: int) -> int:
     """Check that a pretokenized shard holds token ids of a vocab_size vocabulary; return how many it holds.
 
     Reads the file once, vectorized: the full dataset's 1 GB of shards takes about a second (0.6 s measured
-    from the page cache). An odd size, an empty shard, or an id >= vocab_size is a ShardDataError naming the
+    from the page cache). An odd size, an empty shard, or an id >= vocab_size is a DataError naming the
     shard (and the first bad id with its position).
     """
     count = shard_tokens(path)
     if count == 0:
-        raise ShardDataError(f"{path}: empty shard, no tokens; {_REMEDY}")
+        raise DataError(f"{path}: empty shard, no tokens; {_REMEDY}")
     ids = np.fromfile(path, dtype=TOKEN_DTYPE)
     if int(ids.max()) >= vocab_size:
         position = int(np.argmax(ids >= vocab_size))
-        raise ShardDataError(
+        raise DataError(
             f"{path}: token id {int(ids[position])} at position {position} is outside the vocabulary of "
             f"{vocab_size} tokens (a shard of another tokenizer, or damaged); {_REMEDY}"
         )
@@ -103,7 +101,7 @@ class PretokDataset:
         lengths = np.array([shard_tokens(p) for p in self.shards], dtype=np.int64)
         short = [p.name for p, n in zip(self.shards, lengths, strict=True) if n < max_seq_len + 1]
         if short:
-            raise ValueError(
+            raise DataError(
                 f"{self.shards[0].parent}: shard {short[0]} holds fewer than "
                 f"max_seq_len + 1 = {max_seq_len + 1} tokens"
             )

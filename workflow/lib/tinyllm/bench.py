@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from tinyllm.errors import ConfigError, DataError, one_line
+
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_BENCH_DATA = Path(
     os.environ.get("TINYLLM_TEST_DATA", REPO.parent / "shared" / "data" / "tinystories")
@@ -86,7 +88,7 @@ def bench_pretokenize(threads: int) -> dict[str, float]:
 
     shard = DEFAULT_BENCH_DATA / "data01.json"
     if not shard.is_file():
-        raise SystemExit(f"tinyllm bench: no {shard}: set TINYLLM_TEST_DATA to a folder of the shards")
+        raise DataError(f"no {shard}: set TINYLLM_TEST_DATA to a folder of the shards")
     model = _bench_tokenizer(DEFAULT_BENCH_DATA)
 
     def reference(out: Path) -> None:
@@ -105,7 +107,7 @@ def bench_pretokenize(threads: int) -> dict[str, float]:
             ours_s = min(ours_s, timed(pretokenize_shard, shard, model, ours_bin, num_threads=threads))
             reference_s = min(reference_s, timed(reference, reference_bin))
         if ours_bin.read_bytes() != reference_bin.read_bytes():
-            raise AssertionError("pretokenize_shard's output differs from the reference loop's")
+            raise RuntimeError("pretokenize_shard's output differs from the reference loop's")
         tokens = ours_bin.stat().st_size // 2
     return {
         "pretokenize_tokens": float(tokens),
@@ -436,7 +438,7 @@ def attention_kernels_ms(args, device: torch.device, batch: int = 32, repeats: i
                         synchronize(device)
                 except RuntimeError as err:
                     if repeat_kv:
-                        reason = " ".join(str(err).split())[:200]
+                        reason = one_line(err, 200)
                         print(f"bench train: attention kernel {name} refuses head_dim {head_dim}: {reason}",
                               file=sys.stderr)  # fmt: skip
                     continue
@@ -486,7 +488,7 @@ def bench_sample(threads: int) -> dict[str, float]:
 def run(groups: list[str], threads: int) -> dict[str, float]:
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        raise SystemExit(f"tinyllm bench: unknown group {unknown[0]!r}; choose from {', '.join(GROUPS)}")
+        raise ConfigError(f"unknown bench group {unknown[0]!r}; choose from {', '.join(GROUPS)}")
     torch.set_num_threads(threads)
     figures: dict[str, float] = {}
     for name in groups or list(GROUPS):

@@ -19,22 +19,40 @@ The training state (results/train/state/state.pt) is a weights checkpoint plus w
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 
 import torch
 
+from tinyllm.errors import CheckpointError, one_line
 from tinyllm.files import atomic_output
 
 STATE_FORMAT = 2  # bump when the training state's layout changes: older states then start fresh
+
+
+COMPILE_AND_DDP_PREFIXES = ("_orig_mod.", "module.")  # what torch.compile and DDP put before parameter names
+
+
+def strip_wrapper_prefixes(name: str) -> str:
+    """A parameter's name as Transformer names it, without torch.compile's or DDP's prefixes."""
+    for prefix in COMPILE_AND_DDP_PREFIXES:
+        name = name.removeprefix(prefix)
+    return name
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The Transformer inside a compiled and/or DistributedDataParallel model."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
 
 
 def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights in float32 on CPU, named as Transformer names them (no compile/DDP prefixes)."""
     plain = {}
     for name, tensor in model.state_dict().items():
-        for prefix in ("_orig_mod.", "module."):
-            name = name.removeprefix(prefix)
         tensor = tensor.detach()
-        plain[name] = (tensor.float() if tensor.is_floating_point() else tensor).cpu()
+        plain[strip_wrapper_prefixes(name)] = (tensor.float() if tensor.is_floating_point() else tensor).cpu()
     return plain
 
 
@@ -42,8 +60,7 @@ def weights_checkpoint(
     model: torch.nn.Module, config: dict | None, iter_num: int = 0, val_loss: float | None = None
 ) -> dict:
     """The dict ckpt.pt and best.pt hold (see the module docstring)."""
-    raw = getattr(model, "_orig_mod", model)
-    raw = getattr(raw, "module", raw)
+    raw = unwrap_model(model)
     return {
         "model": plain_state_dict(model),
         "model_args": raw.args.to_dict(),
@@ -51,6 +68,23 @@ def weights_checkpoint(
         "iter_num": iter_num,
         "val_loss": val_loss,
     }
+
+
+# What torch.load raises for a file that is not a (safe) PyTorch checkpoint: torn, truncated, another format,
+# or pickled objects that weights_only refuses.
+UNREADABLE = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def read_checkpoint(path: str | os.PathLike, device="cpu", mmap: bool = False) -> dict:
+    """torch.load(path, weights_only=True): tensors and plain containers only, never arbitrary objects.
+
+    A file that cannot be read that way is a CheckpointError naming it. mmap leaves the tensors on disk
+    (reading only the metadata costs next to nothing).
+    """
+    try:
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except UNREADABLE as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {one_line(err, 200)}") from None
 
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tinyllm import paths
+from tinyllm.errors import DataError, TinyllmError
 
 DEFAULT_CHECKPOINT = paths.CKPT
 
@@ -102,31 +103,21 @@ def read_prompt(prompt: str) -> str:
         return prompt
     path = Path(prompt.removeprefix("FILE:"))
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} not found")
+        raise DataError(f"prompt file {path} not found")
     return path.read_text(encoding="utf-8").rstrip("\n")
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from tinyllm.devices import DeviceError, resolve_device
-    from tinyllm.generate import (
-        SampleError,
-        checkpoint_info,
-        default_tokenizer_path,
-        load_tokenizer,
-        sample_texts,
-    )
+    from tinyllm.devices import resolve_device
+    from tinyllm.generate import checkpoint_info, default_tokenizer_path, load_tokenizer, sample_texts
     from tinyllm.model import load_model
 
-    try:
-        device = resolve_device(args.device)
-        prompt = read_prompt(args.prompt)
-        info = checkpoint_info(args.checkpoint)
-        vocab_size = info["model_args"]["vocab_size"]
-        tokenizer_path = args.tokenizer or default_tokenizer_path(args.checkpoint, vocab_size)
-        tokenizer = load_tokenizer(tokenizer_path, vocab_size, args.checkpoint)
-    except (SampleError, DeviceError, FileNotFoundError) as err:
-        print(f"tinyllm sample: {err}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    prompt = read_prompt(args.prompt)
+    info = checkpoint_info(args.checkpoint)
+    vocab_size = info["model_args"]["vocab_size"]
+    tokenizer_path = args.tokenizer or default_tokenizer_path(args.checkpoint, vocab_size)
+    tokenizer = load_tokenizer(tokenizer_path, vocab_size, args.checkpoint)
     model = load_model(args.checkpoint, device)
     settings = {
         "num_samples": args.num_samples,
@@ -142,13 +133,9 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from tinyllm.imports import ForeignCheckpointError, import_checkpoint
+    from tinyllm.imports import import_checkpoint
 
-    try:
-        imported = import_checkpoint(args.source, args.dest)
-    except ForeignCheckpointError as err:
-        print(f"tinyllm import: {err}", file=sys.stderr)
-        return 2
+    imported = import_checkpoint(args.source, args.dest)
     a = imported.model_args
     print(
         f"tinyllm import: {args.source} ({imported.format}: dim {a.dim}, {a.n_layers} layers, "
@@ -157,17 +144,24 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "bench":
-        from tinyllm import bench
+def run_bench(args: argparse.Namespace) -> int:
+    from tinyllm import bench
 
-        bench.main(args.groups, args.threads, args.json)
-    elif args.command == "sample":
-        return run_sample(args)
-    elif args.command == "import":
-        return run_import(args)
+    bench.main(args.groups, args.threads, args.json)
     return 0
+
+
+COMMANDS = {"bench": run_bench, "sample": run_sample, "import": run_import}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; an expected failure (TinyllmError) is one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TinyllmError as err:
+        print(f"tinyllm {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

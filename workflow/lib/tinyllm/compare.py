@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tinyllm.errors import DataError
 from tinyllm.files import atomic_output
 from tinyllm.report import parse_number, read_metrics
 
@@ -59,12 +60,12 @@ def count_params(model_args: dict) -> int:
 
 def read_run(name: str, overrides: dict, metrics_csv: str | os.PathLike, checkpoint: str | os.PathLike):
     """A run's RunResult from its metrics.csv and its ckpt.pt (which gives the model's size)."""
-    import torch
+    from tinyllm.checkpoint import read_checkpoint
 
     rows = read_metrics(metrics_csv)
     if not rows:
-        raise ValueError(f"{metrics_csv} has no rows: run {name} logged nothing")
-    model_args = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["model_args"]
+        raise DataError(f"{metrics_csv} has no rows: run {name} logged nothing")
+    model_args = read_checkpoint(checkpoint, mmap=True)["model_args"]
     # The evaluation of the initial weights (iteration 0) is no result of training.
     evals = [r for r in rows if r.get("event") == "eval" and parse_number(r.get("val_loss")) is not None]
     trained = [r for r in evals if parse_number(r.get("tokens"))] or evals

@@ -13,15 +13,13 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from tinyllm.errors import ConfigError
+
 # jsonschema and yaml are imported where used: tinyllm.model imports check_model_shape from here, and a
 # machine that only trains or samples (a bare GPU image) need not have them.
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 OVERRIDABLE_SECTIONS = ("model", "train", "sample")  # what an experiment may change
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type, or inconsistent with another."""
 
 
 def _fill_defaults(validator_class):
@@ -108,7 +106,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     plain = jsonschema.Draft202012Validator(schema)
     errors += plain.iter_errors({"experiments": config.get("experiments", {})})
     if errors:
-        raise ConfigError(_one_line(min(errors, key=lambda e: [str(p) for p in e.absolute_path])))
+        raise ConfigError(_schema_error_line(min(errors, key=lambda e: [str(p) for p in e.absolute_path])))
     _check_consistency(config)
     for name in config["experiments"]:
         try:
@@ -118,7 +116,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
-def _one_line(err) -> str:  # a jsonschema.ValidationError
+def _schema_error_line(err) -> str:  # a jsonschema.ValidationError
     path = list(err.absolute_path)
     where = ".".join(str(p) for p in path) or "config"
     if "propertyNames" in err.schema_path:

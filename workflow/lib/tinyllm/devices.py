@@ -6,12 +6,10 @@ import time
 
 import torch
 
+from tinyllm.errors import DeviceError
+
 # Nominal dense bf16 tensor-core peaks (FLOP/s) of common GPUs; others get a measured matmul peak.
 GPU_BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-
-
-class DeviceError(RuntimeError):
-    """A requested device that this machine does not have. str() is one line saying what to use instead."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -18,16 +18,10 @@ import zlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from tinyllm.errors import DownloadError
 from tinyllm.files import atomic_path
 
 RETRY_STATUS = frozenset({408, 425, 429})  # besides every 5xx: the server may answer next time
-
-
-class DownloadError(RuntimeError):
-    """The archive could not be fetched or is not what was asked for. str() is one line naming the URL."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 class _Retry(Exception):

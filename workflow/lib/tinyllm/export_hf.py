@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from tinyllm.errors import CheckpointError
 from tinyllm.files import atomic_output
 from tinyllm.model import ModelArgs, Transformer, load_model
 from tinyllm.tokenizer import WORD_BOUNDARY, Tokenizer
@@ -212,7 +213,7 @@ def model_and_tokenizer(
         model = load_model(model, "cpu")
     tokenizer = Tokenizer(tokenizer_model)
     if tokenizer.n_words != model.args.vocab_size:
-        raise ValueError(
+        raise CheckpointError(
             f"tokenizer {tokenizer_model} has {tokenizer.n_words} tokens, the model {model.args.vocab_size}"
         )
     return model, tokenizer

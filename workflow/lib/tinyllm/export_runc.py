@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tinyllm.errors import CheckpointError
 from tinyllm.files import atomic_output
 from tinyllm.model import ModelArgs, Transformer, load_model, rotary_tables
 
@@ -60,7 +61,7 @@ def export_runc(model_or_checkpoint: Transformer | str | os.PathLike, path: str 
         model = load_model(model, "cpu")
     args = model.args
     if abs(args.norm_eps - RUNC_NORM_EPS) > 1e-12:
-        raise ValueError(f"run.c hardcodes RMSNorm eps {RUNC_NORM_EPS}; this model uses {args.norm_eps}")
+        raise CheckpointError(f"run.c hardcodes RMSNorm eps {RUNC_NORM_EPS}; this model uses {args.norm_eps}")
     shared = classifier_is_embedding(model)
     layers = list(model.layers)
     per_layer = [attrgetter(name + ".weight") for name in RUNC_LAYER_WEIGHTS]
@@ -80,7 +81,7 @@ def export_runc(model_or_checkpoint: Transformer | str | os.PathLike, path: str 
             f.write(_fp32_bytes(model.output.weight))
         expected = runc_file_size(read_runc_header(header))
         if f.tell() != expected:  # a layout slip here would make run.c read garbage, not fail
-            raise AssertionError(f"run.c export wrote {f.tell()} bytes, the header implies {expected}")
+            raise RuntimeError(f"run.c export wrote {f.tell()} bytes, the header implies {expected}")
     return path
 
 

@@ -8,9 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-
-class DiskFullError(OSError):
-    """The disk filled up while writing an output; the previous file, if any, is untouched."""
+from tinyllm.errors import DiskFullError
 
 
 @contextlib.contextmanager
@@ -35,7 +33,7 @@ def atomic_path(path: str | os.PathLike):
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if _is_disk_full(err):
-            raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}") from None
+            raise DiskFullError(f"no space left on device while writing {path}") from None
         raise
 
 

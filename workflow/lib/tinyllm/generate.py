@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from tinyllm import paths
+from tinyllm.checkpoint import read_checkpoint
 from tinyllm.devices import resolve_device
+from tinyllm.errors import CheckpointError
 from tinyllm.model import Transformer, load_model, rotary_tables
 
 
@@ -333,22 +335,14 @@ def generate(
 TRAIN_HINT = "run `snakemake --cores all --resources gpu=1` first"
 
 
-class SampleError(RuntimeError):
-    """A checkpoint or tokenizer that cannot be used; str() is one line naming the file and what to do."""
-
-
 def checkpoint_info(path: str | os.PathLike) -> dict:
     """The checkpoint's model_args, iter_num and config, without reading its tensors into memory."""
     path = Path(path)
     if not path.is_file():
-        raise SampleError(f"no checkpoint at {path}: {TRAIN_HINT} (or pass --checkpoint)")
-    try:
-        # mmap: only the small metadata is read; the state_dict's storages stay on disk.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise SampleError(f"cannot read checkpoint {path}: {' '.join(str(err).split())[:200]}") from None
+        raise CheckpointError(f"no checkpoint at {path}: {TRAIN_HINT} (or pass --checkpoint)")
+    checkpoint = read_checkpoint(path, mmap=True)  # only the small metadata is read
     if not isinstance(checkpoint, dict) or "model_args" not in checkpoint or "model" not in checkpoint:
-        raise SampleError(f"{path} is not a tinyllm checkpoint (no model/model_args): {TRAIN_HINT}")
+        raise CheckpointError(f"{path} is not a tinyllm checkpoint (no model/model_args): {TRAIN_HINT}")
     return {
         "model_args": dict(checkpoint["model_args"]),
         "iter_num": checkpoint.get("iter_num"),
@@ -375,10 +369,10 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int, checkpoint: str | o
 
     path = Path(path)
     if not path.is_file():
-        raise SampleError(f"no tokenizer at {path}: {TRAIN_HINT} (or pass --tokenizer)")
+        raise CheckpointError(f"no tokenizer at {path}: {TRAIN_HINT} (or pass --tokenizer)")
     tokenizer = Tokenizer(path)
     if tokenizer.n_words != vocab_size:
-        raise SampleError(
+        raise CheckpointError(
             f"tokenizer {path} has {tokenizer.n_words} tokens but checkpoint {checkpoint} was trained with "
             f"vocab_size {vocab_size}: pass --tokenizer {paths.tokenizer_model(vocab_size)}"
         )

@@ -11,7 +11,7 @@
   rotate_half permutation of wq and wk undone.
 
 It returns the model's ModelArgs and a state_dict that `Transformer(model_args).load_state_dict` takes, or
-raises ForeignCheckpointError with one line naming the file and what does not fit. tinyllm's Transformer
+raises CheckpointError with one line naming the file and what does not fit. tinyllm's Transformer
 ties the output layer to the embedding, so a model with its own output layer is refused.
 `check_matches` compares a checkpoint's ModelArgs with a config's model section.
 """
@@ -27,7 +27,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
+from tinyllm.checkpoint import read_checkpoint, save_checkpoint, strip_wrapper_prefixes, weights_checkpoint
+from tinyllm.errors import CheckpointError, one_line
 from tinyllm.export_hf import HF_LAYER_NAMES, HF_TOP_NAMES, ROPE_THETA, half_to_interleaved_rotary
 from tinyllm.export_runc import (
     RUNC_HEADER_FIELDS,
@@ -39,7 +40,6 @@ from tinyllm.export_runc import (
 from tinyllm.model import ModelArgs, Transformer
 
 LLAMA2C_EXPORT_MAGIC = 0x616B3432  # "ak42": llama2.c export.py's version 1 and 2 files start with it
-COMPILE_AND_DDP_PREFIXES = ("_orig_mod.", "module.")
 HF_CONFIG_KEYS = (
     "model_type",
     "hidden_size",
@@ -50,10 +50,6 @@ HF_CONFIG_KEYS = (
     "rms_norm_eps",
     "max_position_embeddings",
 )
-
-
-class ForeignCheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit; str() is one line naming the file."""
 
 
 class ForeignCheckpoint(NamedTuple):
@@ -68,7 +64,7 @@ def load_foreign_checkpoint(path: str | os.PathLike) -> ForeignCheckpoint:
     if path.is_dir():
         checkpoint = read_hf_folder(path)
     elif not path.is_file():
-        raise ForeignCheckpointError(f"{path} not found")
+        raise CheckpointError(f"{path} not found")
     elif zipfile.is_zipfile(path):  # torch.save's format
         checkpoint = read_torch_checkpoint(path)
     else:
@@ -87,7 +83,7 @@ def import_checkpoint(source: str | os.PathLike, dest: str | os.PathLike) -> For
 
 
 def check_matches(model_args: ModelArgs, model_config: dict, vocab_size: int, source: str) -> None:
-    """Raise ForeignCheckpointError naming the first field where the checkpoint's model differs from the one
+    """Raise CheckpointError naming the first field where the checkpoint's model differs from the one
     the config's model section (and tokenizer.vocab_size) describes, e.g.
     "train.init_from x.pt has model.dim 288, the config says 64" for source "train.init_from x.pt"."""
     wanted = ModelArgs.from_dict({**model_config, "vocab_size": vocab_size})
@@ -111,7 +107,7 @@ def check_matches(model_args: ModelArgs, model_config: dict, vocab_size: int, so
             says = f"tinyllm's model uses {ours}"
         else:
             says = f"the config says {ours}"
-        raise ForeignCheckpointError(f"{source} has {label} {theirs}, {says}")
+        raise CheckpointError(f"{source} has {label} {theirs}, {says}")
 
 
 # --- the formats -------------------------------------------------------------------------------------------
@@ -119,12 +115,9 @@ def check_matches(model_args: ModelArgs, model_config: dict, vocab_size: int, so
 
 def read_torch_checkpoint(path: Path) -> ForeignCheckpoint:
     """Ours (ckpt.pt) or llama2.c train.py's: both hold "model" and "model_args" and name weights alike."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ForeignCheckpointError(f"cannot read {path}: {_one_line(err)}") from None
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= checkpoint.keys():
-        raise ForeignCheckpointError(
+        raise CheckpointError(
             f"{path} is a PyTorch file without 'model' and 'model_args': not a tinyllm or llama2.c checkpoint"
         )
     raw_args = dict(checkpoint["model_args"])
@@ -133,9 +126,7 @@ def read_torch_checkpoint(path: Path) -> ForeignCheckpoint:
     ours = {"hidden_dim", "norm_eps"} <= raw_args.keys()
     state_dict = {}
     for name, tensor in checkpoint["model"].items():
-        for prefix in COMPILE_AND_DDP_PREFIXES:
-            name = name.removeprefix(prefix)
-        state_dict[name] = tensor.float()
+        state_dict[strip_wrapper_prefixes(name)] = tensor.float()
     model_args = _model_args(
         path, **{k: v for k, v in raw_args.items() if k in ModelArgs.__dataclass_fields__}
     )
@@ -146,19 +137,19 @@ def read_runc_model(path: Path) -> ForeignCheckpoint:
     """llama2.c's legacy run.c file: header, then float32 weights in export_runc's order."""
     size = path.stat().st_size
     if size < 4 * len(RUNC_HEADER_FIELDS):
-        raise ForeignCheckpointError(
+        raise CheckpointError(
             f"{path} is neither a PyTorch checkpoint nor a run.c model ({size} bytes)"
         )
     header = read_runc_header(path)
     if header["dim"] == LLAMA2C_EXPORT_MAGIC:
-        raise ForeignCheckpointError(
+        raise CheckpointError(
             f"{path} is a llama2.c export of version 1 or 2; tinyllm reads the legacy version 0 that run.c "
             "reads (llama2.c export.py --version 0)"
         )
     dim, n_heads, vocab = header["dim"], header["n_heads"], abs(header["vocab_size"])
     positive = all(header[k] > 0 for k in RUNC_HEADER_FIELDS if k != "vocab_size") and vocab > 0
     if not positive or dim % n_heads or size != runc_file_size(header):
-        raise ForeignCheckpointError(
+        raise CheckpointError(
             f"{path} is neither a PyTorch checkpoint nor a run.c model: its size does not fit the run.c "
             f"header it would have ({', '.join(f'{k} {v}' for k, v in header.items())})"
         )
@@ -210,14 +201,14 @@ def read_hf_folder(folder: Path) -> ForeignCheckpoint:
     """A Hugging Face Llama folder: config.json and one weights file."""
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise ForeignCheckpointError(f"{folder} is a folder without config.json: not a Hugging Face model")
+        raise CheckpointError(f"{folder} is a folder without config.json: not a Hugging Face model")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except ValueError as err:
-        raise ForeignCheckpointError(f"{config_path} is not JSON: {_one_line(err)}") from None
+        raise CheckpointError(f"{config_path} is not JSON: {one_line(err, 200)}") from None
     missing = [key for key in HF_CONFIG_KEYS if key not in config]
     if missing:
-        raise ForeignCheckpointError(f"{config_path} lacks {missing[0]}: not a Hugging Face Llama config")
+        raise CheckpointError(f"{config_path} lacks {missing[0]}: not a Hugging Face Llama config")
     rope = config.get("rope_parameters") or {}
     unsupported = {
         "model_type": (config["model_type"], "llama"),
@@ -229,12 +220,12 @@ def read_hf_folder(folder: Path) -> ForeignCheckpoint:
     }
     for key, (value, supported) in unsupported.items():
         if value != supported:
-            raise ForeignCheckpointError(
+            raise CheckpointError(
                 f"{config_path} has {key} {value!r}; tinyllm's model has {supported!r}"
             )
     dim, n_heads = config["hidden_size"], config["num_attention_heads"]
     if config.get("head_dim", dim // n_heads) != dim // n_heads:
-        raise ForeignCheckpointError(
+        raise CheckpointError(
             f"{config_path} has head_dim {config['head_dim']}, not hidden_size/heads"
         )
     model_args = _model_args(
@@ -262,7 +253,7 @@ def read_hf_folder(folder: Path) -> ForeignCheckpoint:
             state_dict["output.weight"] = tensor.float()
             continue
         if name not in ours_of:
-            raise ForeignCheckpointError(f"{folder} holds {name}, which a Llama model of tinyllm's has not")
+            raise CheckpointError(f"{folder} holds {name}, which a Llama model of tinyllm's has not")
         ours = ours_of[name]
         tensor = tensor.float()
         if ours.endswith("attention.wq.weight"):
@@ -276,16 +267,17 @@ def read_hf_folder(folder: Path) -> ForeignCheckpoint:
 
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     safetensors, pickled = folder / "model.safetensors", folder / "pytorch_model.bin"
-    try:
-        if safetensors.is_file():
-            from safetensors.torch import load_file
+    if safetensors.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
+        try:
             return load_file(safetensors)
-        if pickled.is_file():
-            return torch.load(pickled, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ForeignCheckpointError(f"cannot read the weights in {folder}: {_one_line(err)}") from None
-    raise ForeignCheckpointError(
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read the weights in {safetensors}: {one_line(err, 200)}") from None
+    if pickled.is_file():
+        return read_checkpoint(pickled)
+    raise CheckpointError(
         f"{folder} holds neither model.safetensors nor pytorch_model.bin (sharded weights are not read)"
     )
 
@@ -300,19 +292,19 @@ def _check_loadable(checkpoint: ForeignCheckpoint, path: Path) -> None:
     found = checkpoint.state_dict
     for name, tensor in expected.items():
         if name not in found or found[name] is None:
-            raise ForeignCheckpointError(f"{path} ({checkpoint.format}) lacks {name}")
+            raise CheckpointError(f"{path} ({checkpoint.format}) lacks {name}")
         if found[name].shape != tensor.shape:
-            raise ForeignCheckpointError(
+            raise CheckpointError(
                 f"{path} ({checkpoint.format}) has {name} of shape {tuple(found[name].shape)}, its model "
                 f"args imply {tuple(tensor.shape)}"
             )
     extra = sorted(found.keys() - expected.keys())
     if extra:
-        raise ForeignCheckpointError(
+        raise CheckpointError(
             f"{path} ({checkpoint.format}) holds {extra[0]}, which tinyllm's model has not"
         )
     if not torch.equal(found["output.weight"], found["tok_embeddings.weight"]):
-        raise ForeignCheckpointError(
+        raise CheckpointError(
             f"{path} ({checkpoint.format}) has an output layer of its own; tinyllm's model ties it to the "
             "token embedding, so it cannot hold this model"
         )
@@ -322,8 +314,6 @@ def _model_args(path: Path, **fields) -> ModelArgs:
     try:
         return ModelArgs(**fields)
     except (TypeError, ValueError) as err:
-        raise ForeignCheckpointError(f"{path} describes no model tinyllm can build: {err}") from None
+        raise CheckpointError(f"{path} describes no model tinyllm can build: {err}") from None
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]

@@ -6,12 +6,16 @@ import os
 import sys
 import traceback
 
+from tinyllm.errors import TinyllmError, one_line
+
 
 def log_stderr_to(log_path: str | os.PathLike) -> None:
     """Route this process's stderr, Python's and native libraries' (SentencePiece), into log_path.
 
-    An uncaught exception's traceback goes to the log; its one-line message also goes to the original
-    stderr, so Snakemake's console names the failure rather than only pointing at the log.
+    An expected failure (a TinyllmError) is its one-line message, in the log and on the original stderr,
+    with no traceback: the line says what to do; the log also keeps the error it was raised from. Any other
+    exception is a bug: its traceback goes to the log and a one-line summary to the console, so that
+    Snakemake's console names it rather than only pointing at the log.
     """
     console = os.fdopen(os.dup(2), "w", buffering=1)
     log = open(log_path, "w", buffering=1)  # stays open for the life of the process
@@ -19,7 +23,14 @@ def log_stderr_to(log_path: str | os.PathLike) -> None:
     sys.stderr = log
 
     def report(exc_type, exc, tb):
-        traceback.print_exception(exc_type, exc, tb, file=log)
-        console.write(" ".join(f"{exc_type.__name__}: {exc}".split()) + "\n")
+        if issubclass(exc_type, TinyllmError):
+            line = f"error: {exc}"
+            if exc.__cause__ is not None:  # a library's own words (SentencePiece's, say) stay in the log
+                print(f"caused by {type(exc.__cause__).__name__}: {exc.__cause__}", file=log)
+            print(line, file=log)
+        else:
+            traceback.print_exception(exc_type, exc, tb, file=log)
+            line = one_line(f"{exc_type.__name__}: {exc}") + f" (traceback in {log_path})"
+        console.write(line + "\n")
 
     sys.excepthook = report

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyllm.checkpoint import read_checkpoint
 from tinyllm.config import check_model_shape
 
 
@@ -222,7 +223,7 @@ def load_model(path, device: str | torch.device = "cpu") -> Transformer:
 
     The checkpoint is a dict with at least "model" (a state_dict) and "model_args" (ModelArgs.to_dict()).
     """
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    checkpoint = read_checkpoint(path, device)
     model = Transformer(ModelArgs.from_dict(checkpoint["model_args"]))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()

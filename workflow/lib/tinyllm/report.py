@@ -15,6 +15,7 @@ import os
 
 import yaml
 
+from tinyllm.errors import DataError
 from tinyllm.files import atomic_output
 
 SPLITS = ("train", "val")
@@ -42,7 +43,7 @@ def final_losses(rows: list[dict[str, str]]) -> dict:
     no such value).
     """
     if not rows:
-        raise ValueError("metrics.csv has no rows")
+        raise DataError("metrics.csv has no rows")
     evaluated = [row for row in rows if parse_number(row.get("val_loss")) is not None]
     row = evaluated[-1] if evaluated else rows[-1]
     summary = {"iter": row.get("iter", ""), "tokens": row.get("tokens", ""), "evaluated": bool(evaluated)}

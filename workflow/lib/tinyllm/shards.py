@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from tinyllm.errors import DataError
 from tinyllm.files import atomic_output
 from tinyllm.tokenizer import Tokenizer
 
@@ -26,11 +27,6 @@ UINT16_VOCAB_LIMIT = 1 << 16
 
 
 # --- extract -----------------------------------------------------------------------------------------------
-
-
-class ArchiveError(ValueError):
-    """The archive lacks the requested shard, holds it in a form that is not safe to write, or cannot be read
-    (truncated or corrupt). str() is one line naming the archive and the shard."""
 
 
 def shard_file_name(shard: int | str) -> str:
@@ -58,7 +54,7 @@ def extract_shard(archive: str | os.PathLike, member_name: str, output: str | os
 
     The member must sit at the archive's root (as upstream) or under a single top folder. Only that member's
     bytes are read and they go to output alone, never to a path the archive names; a requested member that is
-    a link, device, absolute path or `..` path is refused with ArchiveError, as is a missing one, and so is an
+    a link, device, absolute path or `..` path is refused with DataError, as is a missing one, and so is an
     archive that ends early or is corrupt before the shard is whole (output is then left as it was).
     """
     archive, output = Path(archive), Path(output)
@@ -69,29 +65,24 @@ def extract_shard(archive: str | os.PathLike, member_name: str, output: str | os
                     continue
                 problem = _unsafe_reason(member)
                 if problem:
-                    raise ArchiveError(f"{archive}: refusing member {member.name!r}: {problem}")
+                    raise DataError(f"{archive}: refusing member {member.name!r}: {problem}")
                 depth = len([p for p in PurePosixPath(member.name).parts if p != "."])
                 if depth > 2:
                     continue
                 with atomic_output(output) as out:
                     shutil.copyfileobj(tar.extractfile(member), out, 1 << 20)
                     if out.tell() != member.size:
-                        raise ArchiveError(f"{archive}: member {member.name!r} is truncated")
+                        raise DataError(f"{archive}: member {member.name!r} is truncated")
                 return output
     except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as err:  # reading errors, not writing
-        raise ArchiveError(
+        raise DataError(
             f"{archive}: cannot extract {member_name}: the archive is truncated or corrupt "
             f"({type(err).__name__}: {err}); delete it and download it again"
         ) from None
-    raise ArchiveError(f"{archive}: no shard {member_name} at the archive's root")
+    raise DataError(f"{archive}: no shard {member_name} at the archive's root")
 
 
 # --- stories, tiny.txt, pretokenize ------------------------------------------------------------------------
-
-
-class ShardFormatError(ValueError):
-    """A shard file is not a non-empty JSON array of {"story": str} objects whose stories hold text.
-    str() is one line naming file and entry."""
 
 
 def load_stories(shard_json: str | os.PathLike) -> list[str]:
@@ -105,13 +96,13 @@ def load_stories(shard_json: str | os.PathLike) -> list[str]:
         with open(path, encoding="utf-8") as f:
             entries = json.load(f)
     except json.JSONDecodeError as err:
-        raise ShardFormatError(
+        raise DataError(
             f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
         ) from None
     except UnicodeDecodeError as err:
-        raise ShardFormatError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if not isinstance(entries, list):
-        raise ShardFormatError(
+        raise DataError(
             f'{path}: expected a JSON array of {{"story": ...}} objects, found a {type(entries).__name__}'
         )
     stories = []
@@ -124,14 +115,14 @@ def load_stories(shard_json: str | os.PathLike) -> list[str]:
                 problem = 'has no "story"'
             else:
                 problem = f'has a "story" that is a {type(story).__name__}, not a string'
-            raise ShardFormatError(f"{path}: entry {index} {problem}")
+            raise DataError(f"{path}: entry {index} {problem}")
         stripped = story.strip()
         if not stripped:
             kind = "only whitespace" if story else "empty"
-            raise ShardFormatError(f'{path}: entry {index} has a "story" that is {kind}')
+            raise DataError(f'{path}: entry {index} has a "story" that is {kind}')
         stories.append(stripped)
     if not stories:
-        raise ShardFormatError(f"{path}: no stories (an empty JSON array)")
+        raise DataError(f"{path}: no stories (an empty JSON array)")
     return stories
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from tinyllm.errors import ConfigError
 from tinyllm.files import atomic_output
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's visible space, "▁"
@@ -22,10 +23,6 @@ MAX_SENTENCE_LENGTH = 1 << 16
 ENCODE_CHUNK = 8192  # texts per step of encode_concat: bounds the Python lists it holds
 # SentencePiece's words when the vocabulary cannot hold every required character plus the meta pieces.
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
-
-
-class VocabularyTooSmall(ValueError):
-    """vocab_size cannot hold the characters the text requires. str() is one line naming both settings."""
 
 
 def train_tokenizer(
@@ -44,7 +41,7 @@ def train_tokenizer(
     renames the files into place, so an interrupted run leaves no half-written model. quiet silences
     SentencePiece's progress log (it goes to stderr). character_coverage is the share of the text's
     characters that get a piece of their own; the rest are spelled in bytes (byte_fallback). A vocab_size
-    below what that requires raises VocabularyTooSmall. Returns the .model path.
+    below what that requires raises ConfigError. Returns the .model path.
     """
     text_path, model_prefix = Path(text_path), Path(model_prefix)
     if not text_path.is_file():
@@ -82,12 +79,12 @@ def train_tokenizer(
             raise
         # "vs" compares vocab_size with the text's characters plus the meta pieces (<unk>, <s>, </s>, bytes).
         size, required = too_small.groups()
-        raise VocabularyTooSmall(
+        raise ConfigError(
             f"tokenizer.vocab_size {size} is smaller than the {required} pieces that {text_path} requires "
             f"(every character covered by tokenizer.character_coverage {character_coverage:g}, plus the byte "
             f"and control pieces): raise tokenizer.vocab_size to at least {required}, or lower "
             f"tokenizer.character_coverage so that rare characters are spelled in bytes"
-        ) from err  # SentencePiece's own words stay in the traceback, in the rule's log
+        ) from err  # SentencePiece's own words stay in the rule's log
     finally:
         for suffix in (".vocab", ".model"):
             Path(f"{tmp_prefix}{suffix}").unlink(missing_ok=True)

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from tinyllm.batches import PretokDataset, check_pretokenized_shard, iter_batches, split_shards
-from tinyllm.checkpoint import STATE_FORMAT, save_checkpoint, weights_checkpoint
+from tinyllm.checkpoint import STATE_FORMAT, read_checkpoint, save_checkpoint, weights_checkpoint
 from tinyllm.devices import peak_flops, resolve_device, resolve_dtype, synchronize
+from tinyllm.errors import CheckpointError, DataError, TinyllmError, TrainingDiverged, TrainingStopped
 from tinyllm.model import ModelArgs, Transformer
 from tinyllm.optim import configure_optimizer, get_lr, set_lr
 
@@ -50,14 +51,6 @@ METRIC_COLUMNS = (
 TOKENS_PER_BYTE_SAMPLE = 2_000_000  # val tokens decoded for tokens per byte; the ratio is stable by then
 PROJECTION_STEPS = 20  # optimizer steps timed (after the first, which compiles) to project the run's length
 CPU_WARNING_SECONDS = 3 * 3600  # a CPU run projected past this gets a pointer to configs/cpu.yaml
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite. str() is one line naming the iteration and the checkpoint kept."""
-
-
-class TrainingStopped(RuntimeError):
-    """SIGTERM or SIGINT stopped training after an optimizer step whose state was saved; rerun to resume."""
 
 
 # --- the run's world: ranks, device, signals ----------------------------------------------------------------
@@ -184,7 +177,7 @@ def val_tokens_per_byte(val_bin: str | os.PathLike, tokenizer) -> float:
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     )
     if n_bytes == 0:
-        raise ValueError(f"{val_bin}: decodes to no text")
+        raise DataError(f"{val_bin}: decodes to no text")
     return len(ids) / n_bytes
 
 
@@ -263,9 +256,9 @@ def load_resumable_state(
     if not path.exists():
         return None, "no state checkpoint: starting fresh"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable state is set aside, never fatal
-        return None, f"{path} is unreadable ({type(err).__name__}: {err}): starting fresh"
+        state = read_checkpoint(path)
+    except CheckpointError as err:  # an unreadable state is set aside, never fatal
+        return None, f"{err}: starting fresh"
     mismatch = state_mismatch(state, config, world_size, inputs)
     if mismatch:
         return None, f"{path}: {mismatch}: starting fresh"
@@ -553,7 +546,7 @@ class Run:
         save_checkpoint(
             weights_checkpoint(self.raw_model, self.config, progress.iter_num, progress.val_loss), ckpt_path
         )
-        best = torch.load(self.state_dir / STATE_BEST_FILE, map_location="cpu", weights_only=True)
+        best = read_checkpoint(self.state_dir / STATE_BEST_FILE)
         save_checkpoint(best, best_path)
         write_metrics_csv(progress.rows, metrics_path)
         plot_losses(progress.rows, plot_path, self.tokens_per_iter)
@@ -735,7 +728,7 @@ def launch_distributed(settings: dict, nproc: int, settings_path: str | os.PathL
     ]  # fmt: skip
     result = subprocess.run(command, env=env, stdout=stdout, check=False)
     if result.returncode:
-        raise RuntimeError(f"data-parallel training failed (torchrun exit status {result.returncode}); "
+        raise TinyllmError(f"data-parallel training failed (torchrun exit status {result.returncode}); "
                            "the ranks' errors are in the log above")  # fmt: skip
 
 
