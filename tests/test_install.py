@@ -21,7 +21,7 @@ import torch
 from conftest import REPO, run_process, write_tiny_config
 from tinyllm import paths
 from tinyllm.export_runc import read_runc_header, runc_file_size
-from tinyllm.imports import load_foreign_checkpoint
+from tinyllm.foreign import load_foreign_checkpoint
 from tinyllm.model import load_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.install]

@@ -133,7 +133,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from tinyllm.imports import import_checkpoint
+    from tinyllm.foreign import import_checkpoint
 
     imported = import_checkpoint(args.source, args.dest)
     a = imported.model_args

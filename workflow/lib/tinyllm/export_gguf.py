@@ -25,10 +25,8 @@ import torch
 from tinyllm.export_hf import model_and_tokenizer
 from tinyllm.export_runc import classifier_is_embedding
 from tinyllm.files import atomic_path
-from tinyllm.model import Transformer
+from tinyllm.model import ROPE_THETA, Transformer
 from tinyllm.tokenizer import Tokenizer
-
-ROPE_THETA = 10000.0  # model.rotary_tables' default
 
 # Our parameter names -> gguf's MODEL_TENSOR names (per layer for the block's parameters).
 GGUF_TOP_TENSORS = {"tok_embeddings.weight": "TOKEN_EMBD", "norm.weight": "OUTPUT_NORM"}

@@ -26,10 +26,8 @@ import torch
 
 from tinyllm.errors import CheckpointError
 from tinyllm.files import atomic_output
-from tinyllm.model import ModelArgs, Transformer, load_model
+from tinyllm.model import ROPE_THETA, ModelArgs, Transformer, load_model
 from tinyllm.tokenizer import WORD_BOUNDARY, Tokenizer
-
-ROPE_THETA = 10000.0  # model.rotary_tables' default
 
 
 def interleaved_to_half_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Export a trained model for llama2.c's run.c, and read run.c's format back (tinyllm.imports).
+"""Export a trained model for llama2.c's run.c, and read run.c's format back (tinyllm.foreign).
 
 run.c reads llama2.c's legacy format: a header of seven int32 (dim, hidden_dim, n_layers,
 n_heads, n_kv_heads, vocab_size, max_seq_len; vocab_size is negated when the classifier is not the
@@ -22,7 +22,6 @@ from tinyllm.files import atomic_output
 from tinyllm.model import ModelArgs, Transformer, load_model, rotary_tables
 
 RUNC_NORM_EPS = 1e-5  # run.c's rmsnorm hardcodes this epsilon
-ROPE_THETA = 10000.0  # model.rotary_tables' default, which run.c hardcodes too
 RUNC_HEADER_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
 RUNC_LAYER_WEIGHTS = (  # per-layer weights in file order, each stacked across layers
     "attention_norm",
@@ -65,7 +64,7 @@ def export_runc(model_or_checkpoint: Transformer | str | os.PathLike, path: str 
     shared = classifier_is_embedding(model)
     layers = list(model.layers)
     per_layer = [attrgetter(name + ".weight") for name in RUNC_LAYER_WEIGHTS]
-    cos, sin = rotary_tables(args.head_dim, args.max_seq_len, ROPE_THETA)
+    cos, sin = rotary_tables(args.head_dim, args.max_seq_len)
     header = runc_header(args, shared)
     path = Path(path)
     with atomic_output(path) as f:

@@ -72,7 +72,10 @@ class RMSNorm(nn.Module):
         return out.type_as(x)
 
 
-def rotary_tables(head_dim: int, max_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+ROPE_THETA = 10000.0  # rotary base, as Llama 2 (run.c hardcodes it; the HF and GGUF exports write it)
+
+
+def rotary_tables(head_dim: int, max_len: int, theta: float = ROPE_THETA) -> tuple[torch.Tensor, ...]:
     """cos and sin of shape (max_len, head_dim // 2) for rotating pairs (x[2i], x[2i+1])."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)

@@ -400,7 +400,7 @@ class Run:
         self.args = ModelArgs(**model_cfg, vocab_size=tokenizer.n_words)
         self.init_weights = None  # train.init_from's weights: an input too, read and checked up front
         if cfg["init_from"]:
-            from tinyllm.imports import check_matches, load_foreign_checkpoint
+            from tinyllm.foreign import check_matches, load_foreign_checkpoint
 
             source = load_foreign_checkpoint(cfg["init_from"])
             where = f"train.init_from {cfg['init_from']}"

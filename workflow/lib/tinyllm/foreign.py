@@ -29,7 +29,7 @@ import torch
 
 from tinyllm.checkpoint import read_checkpoint, save_checkpoint, strip_wrapper_prefixes, weights_checkpoint
 from tinyllm.errors import CheckpointError, one_line
-from tinyllm.export_hf import HF_LAYER_NAMES, HF_TOP_NAMES, ROPE_THETA, half_to_interleaved_rotary
+from tinyllm.export_hf import HF_LAYER_NAMES, HF_TOP_NAMES, half_to_interleaved_rotary
 from tinyllm.export_runc import (
     RUNC_HEADER_FIELDS,
     RUNC_LAYER_WEIGHTS,
@@ -37,7 +37,7 @@ from tinyllm.export_runc import (
     read_runc_header,
     runc_file_size,
 )
-from tinyllm.model import ModelArgs, Transformer
+from tinyllm.model import ROPE_THETA, ModelArgs, Transformer
 
 LLAMA2C_EXPORT_MAGIC = 0x616B3432  # "ak42": llama2.c export.py's version 1 and 2 files start with it
 HF_CONFIG_KEYS = (

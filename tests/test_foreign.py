@@ -1,4 +1,4 @@
-"""tinyllm.imports and `tinyllm import`: our model through run.c, Hugging Face and llama2.c layouts, back."""
+"""tinyllm.foreign and `tinyllm import`: our model through run.c, Hugging Face and llama2.c layouts, back."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
 from tinyllm.errors import CheckpointError
 from tinyllm.export_hf import export_hf
 from tinyllm.export_runc import export_runc
-from tinyllm.imports import (
+from tinyllm.foreign import (
     check_matches,
     import_checkpoint,
     load_foreign_checkpoint,
