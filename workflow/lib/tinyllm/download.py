@@ -7,7 +7,6 @@ download leaves a file that looks done.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from tinyllm.errors import DownloadError
-from tinyllm.files import atomic_path
+from tinyllm.files import atomic_path, file_digest
 
 RETRY_STATUS = frozenset({408, 425, 429})  # besides every 5xx: the server may answer next time
 
@@ -168,18 +167,10 @@ def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress:
         raise _Retry(f"transfer ended at {size} of {total} bytes")
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_archive(candidate: Path, url: str, sha256: str | None) -> None:
     """Raise DownloadError unless candidate matches sha256 (when given) and is a whole gzip-compressed tar."""
     if sha256:
-        actual = file_sha256(candidate)
+        actual = file_digest(candidate, "sha256")
         if actual.lower() != sha256.lower():
             raise DownloadError(f"sha256 mismatch: expected {sha256.lower()}, got {actual} for {url}")
     problem = archive_problem(candidate)
