@@ -10,11 +10,19 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
-from tinyllm.config import validate_config
+from tinyllm.config import check_config_files, validate_config
 from tinyllm.errors import ConfigError
 
+# The repository's config.yaml is the base wherever Snakemake runs (--directory too); --configfile and
+# --config go on top. Each file is read strictly first: a tab, a syntax error or a key given twice is one line.
+CONFIG_YAML = str(Path(workflow.basedir) / "config.yaml")
+try:
+    check_config_files([CONFIG_YAML, *workflow.overwrite_configfiles])
+except ConfigError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
 
-configfile: "config.yaml"
+
+configfile: CONFIG_YAML
 
 
 report: "workflow/report/workflow.rst"
