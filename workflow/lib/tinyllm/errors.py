@@ -41,6 +41,11 @@ class DeviceError(TinyllmError):
     """A requested device that this machine does not have."""
 
 
+class OutputError(TinyllmError):
+    """An output cannot be written where it belongs: a read-only filesystem, no permission, a file where a
+    folder belongs (or a folder where a file belongs); the previous file is untouched."""
+
+
 class DiskFullError(TinyllmError):
     """The disk filled up (or a quota ran out) while writing an output; the previous file is untouched."""
 
