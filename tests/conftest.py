@@ -359,7 +359,7 @@ def run_settings(config: dict, data: tuple[Path, Path], out: Path) -> dict:
     """train()'s keyword arguments for config on data, every output under out."""
     bin_dir, tokenizer = data
     return {
-        "config": config, "bin_dir": str(bin_dir), "tokenizer_model": str(tokenizer),
+        "config": config, "shards": str(bin_dir), "tokenizer_model": str(tokenizer),
         "state_dir": str(out / "state"), "ckpt_path": str(out / "ckpt.pt"), "best_path": str(out / "best.pt"),
         "metrics_path": str(out / "metrics.csv"), "plot_path": str(out / "loss.png"), "threads": 1,
     }  # fmt: skip

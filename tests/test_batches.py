@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tinyllm.batches import PretokDataset, check_pretokenized_shard, iter_batches
+from tinyllm.batches import PretokDataset, check_pretokenized_shard, iter_batches, tokens_per_byte
 from tinyllm.errors import DataError
+from tinyllm.shards import load_stories
+from tinyllm.tokenizer import Tokenizer
 
 torch.set_num_threads(1)
 
@@ -139,3 +141,11 @@ def test_an_empty_shard_is_named(bin_dir):
         check_pretokenized_shard(shard, vocab_size=512)
     assert_one_line(err, str(shard), "empty shard")
 
+
+
+def test_tokens_per_byte_matches_the_text(tiny_data, shards_dir):
+    bin_dir, model = tiny_data
+    stories = load_stories(shards_dir / "data00.json")[:150]
+    expected = (np.fromfile(bin_dir / "data00.bin", dtype="<u2").size
+                / sum(len(s.encode("utf-8")) for s in stories))  # fmt: skip
+    assert tokens_per_byte(bin_dir / "data00.bin", Tokenizer(model)) == pytest.approx(expected, rel=1e-3)

@@ -19,6 +19,7 @@ import torch
 from conftest import run_settings, tiny_config
 from tinyllm import train as training
 from tinyllm.batches import iter_batches
+from tinyllm.ddp import launch_distributed
 
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 1e-5
@@ -40,7 +41,7 @@ def test_two_gloo_ranks_match_one_process_on_the_same_data(tiny_data, tmp_path, 
     ddp = ddp_config(gradient_accumulation_steps=2, gpus=2)
     settings = run_settings(ddp, tiny_data, ddp_out)
     settings["threads"] = 2
-    training.launch_distributed(settings, 2, ddp_out / "launch.json")
+    launch_distributed(settings, 2, ddp_out / "launch.json")
 
     def both_rank_streams(bin_dir, split, batch_size, max_seq_len, device, seed=1337, **_):
         streams = [iter_batches(bin_dir, split, batch_size, max_seq_len, device, seed=seed, rank=r,

@@ -19,9 +19,10 @@ from conftest import run_settings, tiny_config
 from tinyllm import train as training
 from tinyllm.checkpoint import save_checkpoint
 from tinyllm.errors import CheckpointError, DataError, DiskFullError, TrainingDiverged, TrainingStopped
-from tinyllm.model import Transformer, load_model
-from tinyllm.shards import load_stories
-from tinyllm.tokenizer import Tokenizer
+from tinyllm.model import ModelArgs, Transformer, load_model
+from tinyllm.optim import configure_optimizer, get_lr
+from tinyllm.report import METRIC_COLUMNS
+from tinyllm.resume import rng_state, set_rng_state
 
 LIB_DIR = Path(training.__file__).resolve().parents[1]
 
@@ -42,20 +43,20 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def test_lr_schedule_warmup_peak_cosine_min():
-    cfg = {"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 9, "max_iters": 109, "decay_lr": True}
-    lrs = [training.get_lr(it, cfg) for it in range(cfg["max_iters"] + 5)]
+    cfg = tiny_config(learning_rate=1e-3, min_lr=1e-4, warmup_iters=9, max_iters=109)["train"]
+    lrs = [get_lr(it, cfg) for it in range(cfg["max_iters"] + 5)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4)  # linear: (it + 1) / 10 of peak
     assert lrs[9] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
     assert lrs[59] == pytest.approx((1e-3 + 1e-4) / 2)  # half way through the decay: the mean of peak and min
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[108] == pytest.approx(1e-4, rel=1e-2) and lrs[109:] == [pytest.approx(1e-4)] * 5
-    assert {training.get_lr(it, {**cfg, "decay_lr": False}) for it in (0, 9, 50, 200)} == {1e-3}
+    assert {get_lr(it, {**cfg, "decay_lr": False}) for it in (0, 9, 50, 200)} == {1e-3}
 
 
 def test_weight_decay_only_on_matrices():
     torch.manual_seed(0)
-    model = Transformer(training.ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64))
-    optimizer = training.configure_optimizer(model, tiny_config()["train"], torch.device("cpu"))
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64))
+    optimizer = configure_optimizer(model, tiny_config()["train"], torch.device("cpu"))
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
@@ -74,9 +75,9 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(3)
     np.random.seed(3)
     random.seed(3)
-    save_checkpoint({"rng": training.rng_state()}, tmp_path / "rng.pt")
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
     first = (torch.rand(3), np.random.rand(3), random.random())
-    training.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     second = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
     assert [p.name for p in tmp_path.iterdir()] == ["rng.pt"]  # no temporary file left behind
@@ -111,7 +112,7 @@ def test_checkpoints_round_trip(finished_run):
 def test_metrics_and_plot_are_written(finished_run):
     out, summary = finished_run
     rows = read_metrics(out / "metrics.csv")
-    assert list(rows[0]) == list(training.METRIC_COLUMNS)
+    assert list(rows[0]) == list(METRIC_COLUMNS)
     evals = [r for r in rows if r["event"] == "eval"]
     steps = [r for r in rows if r["event"] == "train"]
     assert [int(r["iter"]) for r in evals] == [0, 8, 16, 24]
@@ -125,16 +126,6 @@ def test_metrics_and_plot_are_written(finished_run):
     elapsed = [float(r["elapsed_s"]) for r in rows]
     assert elapsed[0] == 0 and elapsed == sorted(elapsed) and elapsed[-1] > 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_val_tokens_per_byte_matches_the_text(tiny_data, shards_dir):
-    bin_dir, model = tiny_data
-    tokenizer = Tokenizer(model)
-    stories = load_stories(shards_dir / "data00.json")[:150]
-    expected = (np.fromfile(bin_dir / "data00.bin", dtype="<u2").size
-                / sum(len(s.encode("utf-8")) for s in stories))  # fmt: skip
-    measured = training.val_tokens_per_byte(bin_dir / "data00.bin", tokenizer)
-    assert measured == pytest.approx(expected, rel=1e-3)
 
 
 # --- resume ------------------------------------------------------------------------------------------------
@@ -331,13 +322,13 @@ def test_a_bad_shard_fails_naming_it_before_the_state_is_touched(damage, tiny_da
 
 def test_losses_are_read_once_per_log_interval(tiny_data, tmp_path, monkeypatch):
     reads = []
-    real_read = training.Run.read_losses
+    real_log = training.log_metrics
 
-    def counting_read(self, pending):
+    def counting_log(run, progress, pending, *args):
         reads.append([it for it, _ in pending])
-        return real_read(self, pending)
+        return real_log(run, progress, pending, *args)
 
-    monkeypatch.setattr(training.Run, "read_losses", counting_read)
+    monkeypatch.setattr(training, "log_metrics", counting_log)
     training.train(**run_settings(tiny_config(log_interval=4, max_iters=16), tiny_data, tmp_path))
     batches = [r for r in reads if r]
     assert batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]

@@ -36,10 +36,11 @@ def test_two_nccl_ranks_match_one_process(reference_data, tmp_path, monkeypatch)
         )
     from tinyllm import train as training
     from tinyllm.batches import iter_batches
+    from tinyllm.ddp import launch_distributed
 
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     settings = run_settings(ddp_config(gradient_accumulation_steps=2, gpus=2), reference_data, ddp_out)
-    training.launch_distributed(settings, 2, ddp_out / "launch.json")
+    launch_distributed(settings, 2, ddp_out / "launch.json")
 
     def both_rank_streams(bin_dir, split, batch_size, max_seq_len, device, seed=1337, **_):
         streams = [iter_batches(bin_dir, split, batch_size, max_seq_len, device, seed=seed, rank=r,

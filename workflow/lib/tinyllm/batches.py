@@ -51,6 +51,31 @@ def check_pretokenized_shard(path: str | os.PathLike, vocab_size: int) -> int:
     return count
 
 
+TOKENS_PER_BYTE_SAMPLE = 2_000_000  # val tokens decoded for tokens per byte; the ratio is stable by then
+
+
+def tokens_per_byte(shard: str | os.PathLike, tokenizer) -> float:
+    """Tokens per UTF-8 byte of a pretokenized shard's text, for bits per byte = nats/token / ln 2 * this.
+
+    Decodes (up to TOKENS_PER_BYTE_SAMPLE tokens of) the shard document by document: tokens count BOS (the
+    model predicts it too), bytes are the documents' UTF-8 text without separators, so the figure compares
+    across tokenizers, corpora and scripts.
+    """
+    ids = np.fromfile(shard, dtype=TOKEN_DTYPE, count=TOKENS_PER_BYTE_SAMPLE).astype(np.int64)
+    starts = np.flatnonzero(ids == tokenizer.bos_id)
+    if len(ids) == TOKENS_PER_BYTE_SAMPLE and len(starts) > 1:
+        ids = ids[: starts[-1]]  # a whole number of documents
+        starts = starts[:-1]
+    bounds = [0, *starts.tolist(), len(ids)] if not len(starts) or starts[0] else [*starts.tolist(), len(ids)]
+    n_bytes = sum(
+        len(tokenizer.decode([t for t in ids[a:b].tolist() if t != tokenizer.bos_id]).encode("utf-8"))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    )
+    if n_bytes == 0:
+        raise DataError(f"{shard}: decodes to no text")
+    return len(ids) / n_bytes
+
+
 def split_shards(bin_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str) -> list[Path]:
     """The pretokenized shards of one split: data00.bin is "val", every other data*.bin is "train".
 

@@ -119,14 +119,29 @@ def bench_pretokenize(threads: int) -> dict[str, float]:
 
 # --- train --------------------------------------------------------------------------------------------------
 
-RECIPE_TOKENS = 100_000 * 8 * 4 * 256  # the reference recipe: max_iters x batch_size x accumulation x seq_len
 GRAD_COSINE_MIN = 0.99  # a CUDA path whose gradient points elsewhere than fp32 eager's is wrong, however fast
+
+
+def recipe() -> dict:
+    """The reference recipe: the config schema's defaults (config.yaml)."""
+    from tinyllm.config import validate_config
+
+    return validate_config({})
+
+
+def recipe_tokens() -> int:
+    """Tokens the reference recipe trains on: max_iters x batch_size x accumulation x seq_len."""
+    config = recipe()
+    train = config["train"]
+    steps = train["max_iters"] * train["gradient_accumulation_steps"]
+    return steps * train["batch_size"] * config["model"]["max_seq_len"]
 
 
 def _reference_args():
     from tinyllm.model import ModelArgs
 
-    return ModelArgs(dim=288, n_layers=8, n_heads=8, n_kv_heads=4, vocab_size=4096, max_seq_len=256)
+    config = recipe()
+    return ModelArgs(**config["model"], vocab_size=config["tokenizer"]["vocab_size"])
 
 
 @group("train")
@@ -144,14 +159,13 @@ def bench_train(threads: int) -> dict[str, float]:
     from tinyllm.devices import cpu_has_bf16_matmul, peak_flops
     from tinyllm.model import Transformer
     from tinyllm.optim import configure_optimizer
-    from tinyllm.train import flops_per_token
 
     if torch.cuda.is_available():
         return bench_train_cuda(torch.device("cuda"))
     device = torch.device("cpu")
     args = _reference_args()
     batch, rounds, steps_per_round = 8, 4, 2
-    optimizer_cfg = {"learning_rate": 5e-4, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95}
+    optimizer_cfg = recipe()["train"]
     generator = torch.Generator().manual_seed(0)
     x, y = (torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=generator) for _ in "xy")
     paths = {"fp32_eager": (torch.float32, False)}
@@ -186,7 +200,7 @@ def bench_train(threads: int) -> dict[str, float]:
         for dtype in peaks:
             peaks[dtype] = max(peaks[dtype], peak_flops(dtype, device)[0])
 
-    flops = flops_per_token(args, Transformer(args).num_params())
+    flops = Transformer(args).flops_per_token()
     speed = {name: batch * args.max_seq_len / seconds for name, seconds in best.items()}
     mfu = {name: flops * speed[name] / peaks[paths[name][0]] for name in paths}
     fastest = max(speed, key=speed.get)
@@ -196,7 +210,7 @@ def bench_train(threads: int) -> dict[str, float]:
         "train_mfu": mfu[fastest],
         "train_fastest_path": fastest,
         "train_speedup_vs_fp32_eager": speed[fastest] / speed["fp32_eager"],
-        "train_recipe_minutes": RECIPE_TOKENS / speed[fastest] / 60,
+        "train_recipe_minutes": recipe_tokens() / speed[fastest] / 60,
         **{f"train_tokens_per_s_{name}": speed[name] for name in paths},
         **{f"train_mfu_{name}": mfu[name] for name in paths},
         "matmul_peak_gflops_fp32": peaks[torch.float32] / 1e9,
@@ -253,7 +267,6 @@ def bench_train_cuda(
 
     from tinyllm.devices import peak_flops
     from tinyllm.model import Transformer
-    from tinyllm.train import flops_per_token
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as training sets them
     args = args or _reference_args()
@@ -261,7 +274,7 @@ def bench_train_cuda(
     generator = torch.Generator().manual_seed(0)
     x, y = (torch.randint(0, args.vocab_size, (32, args.max_seq_len), generator=generator) for _ in "xy")
     x, y = x.to(device), y.to(device)
-    flops = flops_per_token(args, Transformer(args).num_params())
+    flops = Transformer(args).flops_per_token()
     peaks = {dtype: peak_flops(dtype, device) for dtype in {path.dtype for path in paths}}
     figures: dict[str, float | str] = {
         "train_device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
@@ -307,7 +320,7 @@ def bench_train_cuda(
             "train_mfu": figures[f"train_mfu_{fastest}"],
             "train_peak_mem_mib": figures[f"train_peak_mem_mib_{fastest}"],
             "train_fastest_path": fastest,
-            "train_recipe_minutes": RECIPE_TOKENS / speed[fastest] / 60,
+            "train_recipe_minutes": recipe_tokens() / speed[fastest] / 60,
         }
         if "fp32_eager" in speed:
             figures["train_speedup_vs_fp32_eager"] = speed[fastest] / speed["fp32_eager"]
@@ -324,7 +337,7 @@ def _measure_cuda_path(path: CudaPath, args, x, y, device, rounds: int = 5, step
     from tinyllm.model import Transformer
     from tinyllm.optim import configure_optimizer
 
-    optimizer_cfg = {"learning_rate": 5e-4, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95}
+    optimizer_cfg = recipe()["train"]
     on_cuda = device.type == "cuda"  # the CPU runs this only in tests, with no memory figures
     allocated_before = torch.cuda.memory_allocated(device) if on_cuda else 0
     torch.manual_seed(0)
@@ -332,7 +345,8 @@ def _measure_cuda_path(path: CudaPath, args, x, y, device, rounds: int = 5, step
     optimizer = configure_optimizer(model, optimizer_cfg, device)
     if not path.fused_adamw:
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
-        optimizer = torch.optim.AdamW(groups, lr=5e-4, betas=(0.9, 0.95), foreach=True)
+        betas = (optimizer_cfg["beta1"], optimizer_cfg["beta2"])
+        optimizer = torch.optim.AdamW(groups, lr=optimizer_cfg["learning_rate"], betas=betas, foreach=True)
     forward = torch.compile(model, mode=path.compile_mode) if path.compile_mode else model
     micro_batches = list(zip(x.split(path.batch_size), y.split(path.batch_size), strict=True))
     assert len(micro_batches) == path.accumulation, "batch_size x accumulation must be the 32 sequences"

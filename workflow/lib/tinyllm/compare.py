@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tinyllm.errors import DataError
 from tinyllm.files import atomic_output
-from tinyllm.report import parse_number, read_metrics
+from tinyllm.report import format_duration, parse_number, pyplot, read_metrics, save_figure
 
 MAIN_RUN = "main"  # the name the main run (results/train) goes by
 
@@ -105,17 +104,6 @@ def _millions(n: float) -> str:
     return f"{n / 1e6:.2f}M"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 def _figure(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -131,7 +119,8 @@ def comparison_markdown(runs: list[RunResult]) -> str:
     main = runs[0]
     header = (
         "| run | overrides | params | tokens | final val loss | final val bpb | vs main | best val loss "
-        f"| best val bpb | val bpb by main's time ({_duration(main.train_seconds)}) | train time | tokens/s |"
+        f"| best val bpb | val bpb by main's time ({format_duration(main.train_seconds)}) | train time "
+        "| tokens/s |"
     )
     lines = [
         "# Experiments",
@@ -157,7 +146,7 @@ def comparison_markdown(runs: list[RunResult]) -> str:
             _figure(run.best_val_loss),
             _figure(run.best_val_bpb),
             _figure(run.val_bpb_by(main.train_seconds)),
-            _duration(run.train_seconds),
+            format_duration(run.train_seconds),
             "n/a" if run.tokens_per_s is None else f"{run.tokens_per_s:,.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -169,12 +158,7 @@ def comparison_markdown(runs: list[RunResult]) -> str:
 
 def comparison_figure(runs: list[RunResult]):
     """Two panels of val bits/byte: against tokens seen, and against minutes of training; a line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_tokens, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120, sharey=True)
+    fig, (by_tokens, by_time) = pyplot().subplots(1, 2, figsize=(12, 4.5), dpi=120, sharey=True)
     for run in runs:
         style = {"color": "black", "lw": 2} if run.name == MAIN_RUN else {"lw": 1.5}
         tokens = [t for t, _, _ in run.curve]
@@ -193,14 +177,7 @@ def comparison_figure(runs: list[RunResult]):
 
 
 def plot_comparison(runs: list[RunResult], path: str | os.PathLike) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = comparison_figure(runs)
-    try:
-        with atomic_output(path) as f:
-            fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
+    save_figure(comparison_figure(runs), path)
 
 
 def write_comparison(runs: list[dict], plot_path: str | os.PathLike, table_path: str | os.PathLike) -> list:

@@ -201,6 +201,15 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per parameter (forward and backward matmuls) plus attention.
+
+        Attention counts the two T x T matmuls (scores and weighted values) as dense, 12 * n_layers * dim * T
+        per token over forward and backward, as nanoGPT and the PaLM paper do; the causal half is not
+        discounted.
+        """
+        return 6 * self.num_params() + 12 * self.args.n_layers * self.args.dim * self.args.max_seq_len
+
     def forward(
         self, tokens: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

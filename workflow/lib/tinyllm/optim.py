@@ -10,6 +10,7 @@ Optimizers (train.optimizer):
 Schedules (train.lr_schedule), both after a linear warmup of warmup_iters steps:
 - cosine: cosine decay from the peak to min_lr at max_iters.
 - wsd: warmup-stable-decay: the peak until the last decay_fraction of the steps, then linear decay to min_lr.
+With train.max_minutes the decay follows the fraction of the time budget used, where that is further along.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import torch
 from tinyllm.model import TransformerBlock
 
 
-def get_lr(it: int, train_cfg: dict) -> float:
-    """Learning rate of optimizer step `it` (0-based): linear warmup, then cosine or wsd decay to min_lr.
+def get_lr(it: int, train_cfg: dict, spent_s: float = 0.0) -> float:
+    """Learning rate of optimizer step `it` (0-based), spent_s seconds of training time into the run.
 
-    With decay_lr false the rate is constant. Warmup reaches the peak at step warmup_iters, and step 0 already
-    moves the weights (llama2.c's warmup spends it at lr 0). This is AdamW's rate; set_lr scales Muon's
-    groups by the same factor.
+    Linear warmup over warmup_iters steps (step 0 already moves the weights; llama2.c's warmup spends it at
+    lr 0), then cosine or wsd decay to min_lr; constant with decay_lr false. The decay follows how far the run
+    is: through its steps, or through train.max_minutes when that is set and further along. This is AdamW's
+    rate; set_lr scales Muon's groups by the same factor.
     """
     peak, min_lr = train_cfg["learning_rate"], train_cfg["min_lr"]
     warmup, total = train_cfg["warmup_iters"], train_cfg["max_iters"]
@@ -34,15 +36,16 @@ def get_lr(it: int, train_cfg: dict) -> float:
         return peak
     if it < warmup:
         return peak * (it + 1) / (warmup + 1)
-    if it >= total:
-        return min_lr
-    if train_cfg.get("lr_schedule", "cosine") == "wsd":
-        decay_start = max(warmup, total - round(train_cfg["decay_fraction"] * total))
-        if it < decay_start:
-            return peak
-        return peak + (min_lr - peak) * (it - decay_start) / (total - decay_start)
-    progress = (it - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - min_lr)
+    budget_used = spent_s / (60 * train_cfg["max_minutes"]) if train_cfg["max_minutes"] else 0.0
+    if train_cfg["lr_schedule"] == "wsd":  # the peak, then linear decay over the last decay_fraction
+        decay_steps = round(train_cfg["decay_fraction"] * total)
+        if not decay_steps:
+            return peak if it < total else min_lr
+        # The share of the decay still ahead: of the steps, or of the budget where that is further along.
+        ahead = min((total - it) / decay_steps, (1 - budget_used) / train_cfg["decay_fraction"])
+        return peak if ahead >= 1 else min_lr + (peak - min_lr) * max(0.0, ahead)
+    done = min(1.0, max((it - warmup) / max(1, total - warmup), budget_used))  # of the steps after warmup
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (peak - min_lr)
 
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic Newton-Schulz, as torch.optim.Muon's
@@ -135,7 +138,7 @@ def configure_optimizer(
 ) -> torch.optim.AdamW | MuonWithAdamW:
     """The optimizer of train.optimizer (default adamw) over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]  # a tied weight appears once
-    if train_cfg.get("optimizer", "adamw") == "muon":
+    if train_cfg["optimizer"] == "muon":
         in_blocks = {
             id(p) for m in model.modules() if isinstance(m, TransformerBlock) for p in m.parameters()
         }

@@ -1,9 +1,10 @@
-"""Pieces of the Snakemake report: the final losses from metrics.csv, and the config a run used.
+"""A run's metrics and the Snakemake report's pieces: metrics.csv, loss.png, the final losses, the config.
 
-The training loop writes one metrics row per log interval and one per evaluation; evaluation rows carry
-val_loss and the bits-per-byte columns (train_bpb, val_bpb). The summary takes the last evaluated row, so it
-shows the losses of the final weights. Columns are read by name from the header, so a column added to
-metrics.csv does not break it.
+Training writes metrics.csv: one row per log interval ("train") and one per evaluation ("eval"); evaluation
+rows carry val_loss and the bits-per-byte columns (train_bpb, val_bpb); elapsed_s is the training time so far
+(evaluations, saves and start-up left out). The summary takes the last evaluated row, so it shows the losses
+of the final weights. Columns are read by name from the header, so a column added to metrics.csv does not
+break a reader.
 """
 
 from __future__ import annotations
@@ -12,13 +13,25 @@ import csv
 import html
 import math
 import os
-
-import yaml
+from pathlib import Path
 
 from tinyllm.errors import DataError
 from tinyllm.files import atomic_output
 
 SPLITS = ("train", "val")
+METRIC_COLUMNS = (
+    "event", "iter", "tokens", "train_loss", "val_loss", "train_bpb", "val_bpb", "lr", "tokens_per_s", "mfu",
+    "elapsed_s",
+)  # fmt: skip
+
+
+def write_metrics(rows: list[dict], path: str | os.PathLike) -> None:
+    """metrics.csv: METRIC_COLUMNS, one line per row; a value a row lacks (or None) is an empty cell."""
+    with atomic_output(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in METRIC_COLUMNS})
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -53,6 +66,61 @@ def final_losses(rows: list[dict[str, str]]) -> dict:
             "bits_per_byte": parse_number(row.get(f"{split}_bpb")),
         }
     return summary
+
+
+def plot_losses(rows: list[dict], path: str | os.PathLike, tokens_per_iter: int) -> None:
+    """loss.png: train loss at every logged step and the evaluated train/val losses, against tokens seen."""
+    plt = pyplot()
+    steps = [r for r in rows if r["event"] == "train"]
+    evals = [r for r in rows if r["event"] == "eval"]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    if steps:
+        ax.plot([r["tokens"] for r in steps], [r["train_loss"] for r in steps],
+                color="tab:blue", alpha=0.35, lw=0.8, label="train (logged steps)")  # fmt: skip
+    if evals:
+        tokens = [r["tokens"] for r in evals]
+        estimates = [r["train_loss"] for r in evals]
+        ax.plot(tokens, estimates, "o-", color="tab:blue", ms=3, label="train (estimate)")
+        ax.plot(tokens, [r["val_loss"] for r in evals], "o-", color="tab:orange", ms=3, label="val")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    top = ax.secondary_xaxis("top", functions=(lambda t: t / tokens_per_iter, lambda i: i * tokens_per_iter))
+    top.set_xlabel("optimizer steps")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files only (no display needed, none opened)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure atomically, in the format of path's suffix, and close it."""
+    try:
+        with atomic_output(path) as f:
+            fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        pyplot().close(fig)
+
+
+def format_duration(seconds: float | None) -> str:
+    """ "42 s", "7 min 05 s", "2 h 03 min"; "n/a" for None."""
+    if seconds is None:
+        return "n/a"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _fmt(x: float | None) -> str:
@@ -91,6 +159,8 @@ def write_summary(metrics_csv: str | os.PathLike, out_html: str | os.PathLike) -
 
 def write_config(config: dict, out_yaml: str | os.PathLike) -> None:
     """The validated config (defaults filled in) as YAML, in the order of config.yaml's sections."""
+    import yaml
+
     text = "# The configuration this run used, with every default filled in.\n"
     text += yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
     write_text(out_yaml, text)
