@@ -201,6 +201,20 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, finished_r
     assert losses(tmp_path / "metrics.csv") == losses(reference_out / "metrics.csv")
 
 
+def test_a_temporary_left_by_a_killed_save_is_removed_at_the_next_start(
+    tiny_data, finished_run, tmp_path, capsys
+):
+    reference_out, _ = finished_run
+    shutil.copytree(reference_out / "state", tmp_path / "state")
+    leftover = tmp_path / "state" / ".state.pt.k1ll3d00.tmp"  # what a SIGKILL in the middle of a save leaves
+    leftover.write_bytes(b"\0" * 4096)
+    training.train(**run_settings(tiny_config(), tiny_data, tmp_path))
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["best.pt", "state.pt"]
+    assert f"removed 1 temporary file(s) of 4,096 bytes that a killed run left in {tmp_path / 'state'}" in (
+        capsys.readouterr().err
+    )
+
+
 def test_config_change_starts_fresh_and_keeps_the_old_state(tiny_data, finished_run, tmp_path, capsys):
     reference_out, _ = finished_run
     shutil.copytree(reference_out / "state", tmp_path / "state")

@@ -40,7 +40,7 @@ from tinyllm.checkpoint import read_checkpoint, save_checkpoint, weights_checkpo
 from tinyllm.ddp import World, join_world, leave_world, wrap_model
 from tinyllm.devices import peak_flops, resolve_dtype
 from tinyllm.errors import TrainingDiverged, TrainingStopped
-from tinyllm.files import file_digest
+from tinyllm.files import file_digest, remove_stale_temporaries
 from tinyllm.model import ModelArgs, Transformer
 from tinyllm.optim import configure_optimizer, get_lr, set_lr
 from tinyllm.report import format_duration, plot_losses, write_metrics
@@ -111,6 +111,10 @@ def setup(config: dict, shards, tokenizer_model, state_dir, world: World, thread
         inputs["init_from"] = file_digest(cfg["init_from"])
         world.log(f"train: starting from the weights of {cfg['init_from']} ({source.format})")
 
+    if world.master and (removed := remove_stale_temporaries(state_dir)):
+        size = sum(size for _, size in removed)
+        world.log(f"train: removed {len(removed)} temporary file(s) of {size:,} bytes that a killed run left "
+                  f"in {state_dir}")  # fmt: skip
     state, resume_note = load_resumable_state(state_dir, config, world.size, inputs)
     if world.distributed:
         torch.distributed.barrier()  # every rank has read the state before rank 0 may move it
