@@ -39,18 +39,7 @@ def read_metrics(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# --- schedule and optimizer --------------------------------------------------------------------------------
-
-
-def test_lr_schedule_warmup_peak_cosine_min():
-    cfg = tiny_config(learning_rate=1e-3, min_lr=1e-4, warmup_iters=9, max_iters=109)["train"]
-    lrs = [get_lr(it, cfg) for it in range(cfg["max_iters"] + 5)]
-    assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(5e-4)  # linear: (it + 1) / 10 of peak
-    assert lrs[9] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
-    assert lrs[59] == pytest.approx((1e-3 + 1e-4) / 2)  # half way through the decay: the mean of peak and min
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
-    assert lrs[108] == pytest.approx(1e-4, rel=1e-2) and lrs[109:] == [pytest.approx(1e-4)] * 5
-    assert {get_lr(it, {**cfg, "decay_lr": False}) for it in (0, 9, 50, 200)} == {1e-3}
+# --- optimizer groups --------------------------------------------------------------------------------
 
 
 def test_weight_decay_only_on_matrices():
@@ -406,3 +395,74 @@ def test_a_full_disk_while_saving_is_one_line_and_the_state_before_stays(tiny_da
     assert str(caught.value) in expected
     assert (state.read_bytes(), best.read_bytes()) == before
     assert torch.load(state, weights_only=True)["iter_num"] == 12
+
+
+# --- train.max_minutes: a time budget -----------------------------------------------------------------------
+
+
+class FakeClock:
+    """training.now for a test: every reading is `tick` seconds after the one before, so every timed step
+    takes exactly `tick` seconds of training time, whatever the machine."""
+
+    def __init__(self, tick: float = 1.0):
+        self.t, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
+def test_a_time_budget_ends_training_and_evaluates_once_at_the_end(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(training, "now", FakeClock())
+    config = tiny_config(max_iters=1000, max_minutes=0.5)  # 30 s: one second per step after the first
+    summary = training.train(**run_settings(config, tiny_data, tmp_path))
+    assert summary["iter_num"] == 31 and summary["elapsed_s"] == 30.0
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [int(r["iter"]) for r in rows if r["event"] == "eval"] == [0, 8, 16, 24, 31]
+    assert float(rows[-1]["elapsed_s"]) == 30.0 and rows[-1]["event"] == "eval"
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 31
+    assert "the 0.5-minute budget ended training at iteration 31" in capsys.readouterr().err
+
+
+def test_the_schedule_follows_the_time_budget(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "now", FakeClock())
+    config = tiny_config(max_iters=1000, max_minutes=0.5, min_lr=0.0, warmup_iters=4)
+    training.train(**run_settings(config, tiny_data, tmp_path))
+    steps = [r for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "train"]
+    for row in steps:  # step i (1-based) starts after i - 2 timed seconds (the first step is not timed)
+        it = int(row["iter"])
+        assert float(row["lr"]) == pytest.approx(get_lr(it - 1, config["train"], max(0, it - 2)))
+    # By the budget's end the cosine is at its floor; by steps, 31 of 1000 would still be near the peak.
+    assert float(steps[-1]["lr"]) < 0.01 * config["train"]["learning_rate"]
+    assert get_lr(30, config["train"], 0.0) > 0.99 * config["train"]["learning_rate"]
+
+
+def test_wsd_decays_over_the_last_fraction_of_the_budget():
+    budget = {"max_iters": 10**6, "max_minutes": 10, "min_lr": 0.0}
+    cfg = tiny_config(lr_schedule="wsd", decay_fraction=0.2, **budget)["train"]
+    peak = cfg["learning_rate"]
+    assert get_lr(100, cfg, spent_s=0.79 * 600) == peak
+    assert get_lr(100, cfg, spent_s=0.9 * 600) == pytest.approx(peak / 2)
+    assert get_lr(100, cfg, spent_s=600) == 0.0
+
+
+def test_resume_carries_the_training_time_spent(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "now", FakeClock())
+    settings = run_settings(tiny_config(max_iters=1000, max_minutes=0.5), tiny_data, tmp_path)
+    calls = {"n": 0}
+
+    def sigterm_at_iteration_10(self, world, at_log_step):  # asked once per step
+        calls["n"] += 1
+        return "SIGTERM" if calls["n"] == 10 else None
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.StopSignals, "requested", sigterm_at_iteration_10)
+        with pytest.raises(TrainingStopped):
+            training.train(**settings)
+    state = torch.load(tmp_path / "state" / "state.pt", weights_only=True)
+    assert state["iter_num"] == 10 and state["elapsed_s"] == 9.0  # steps 2..10
+    summary = training.train(**settings)
+    # The resumed process's first step (11) is not timed either: 9 s + steps 12..32 = 30 s.
+    assert summary["iter_num"] == 32 and summary["elapsed_s"] == 30.0
+    evals = [r for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "eval"]
+    assert [int(r["iter"]) for r in evals] == [0, 8, 16, 24, 32]
