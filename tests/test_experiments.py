@@ -29,7 +29,11 @@ from tinyllm.compare import comparison_figure, read_run, write_comparison
 
 EXPERIMENT_RULES = {"train_experiment", "sample_experiment", "compare_experiments"}
 TRAIN_OUTPUTS = ("ckpt.pt", "best.pt", "metrics.csv", "loss.png")
-EXPERIMENTS = {"muon": {"train": {"optimizer": "muon"}}, "wsd": {"train": {"lr_schedule": "wsd"}}}
+# wsd also gets a time budget of its own (0.1 s), far short of the main run's 40 steps.
+EXPERIMENTS = {
+    "muon": {"train": {"optimizer": "muon"}},
+    "wsd": {"train": {"lr_schedule": "wsd", "max_minutes": 0.002}},
+}
 
 
 def pending(rows: list[dict]) -> Counter:
@@ -195,6 +199,9 @@ def test_experiments_train_side_by_side_compare_and_rerun_alone(tmp_path, shards
         trained_with = torch.load(folder / "ckpt.pt", weights_only=True)["config"]["train"]
         assert overrides["train"].items() <= trained_with.items(), f"{name} trained with {trained_with}"
         assert trained_with["max_iters"] == 40  # the rest from the main config
+    budgeted = torch.load(workdir / "results/experiments/wsd/ckpt.pt", weights_only=True)["iter_num"]
+    assert budgeted < 40
+    assert "minute budget)" in (workdir / "logs/experiments/wsd/train.log").read_text()
     main_config = torch.load(workdir / "results/train/ckpt.pt", weights_only=True)["config"]["train"]
     assert (main_config["optimizer"], main_config["lr_schedule"]) == ("adamw", "cosine")
     table = table_rows((workdir / "results/experiments/compare.md").read_text())
@@ -211,7 +218,8 @@ def test_experiments_train_side_by_side_compare_and_rerun_alone(tmp_path, shards
         )
 
     assert pending(dry_run_summary(workdir, config, experiments, extra=targets)) == Counter()
-    edited = {"experiments": {**EXPERIMENTS, "wsd": {"train": {"lr_schedule": "wsd", "decay_fraction": 0.5}}}}
+    wsd_edited = {"train": {**EXPERIMENTS["wsd"]["train"], "decay_fraction": 0.5}}
+    edited = {"experiments": {**EXPERIMENTS, "wsd": wsd_edited}}
     rows = dry_run_summary(workdir, config, write_yaml(tmp_path / "edited.yaml", edited), extra=targets)
     assert pending(rows) == Counter(train_experiment=4, sample_experiment=1, compare_experiments=2), rows
     redone = {row["output_file"] for row in rows if row["plan"] == "update pending"}

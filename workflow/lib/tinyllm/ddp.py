@@ -93,9 +93,25 @@ def launch_distributed(train_kwargs: dict, nproc: int, kwargs_path: str | os.Pat
     env.setdefault("OMP_NUM_THREADS", str(max(1, (train_kwargs.get("threads") or 1) // nproc)))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "tinyllm.train", str(kwargs_path),
+        "-m", "tinyllm.ddp", str(kwargs_path),
     ]  # fmt: skip
     result = subprocess.run(command, env=env, stdout=stdout, check=False)
     if result.returncode:
         raise TinyllmError(f"data-parallel training failed (torchrun exit status {result.returncode}); "
                            "the ranks' errors are in the log above")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tinyllm.ddp KWARGS.json`: one rank of tinyllm.train.train (torchrun starts it)."""
+    from tinyllm.train import train
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tinyllm.ddp KWARGS.json  (started by torchrun)", file=sys.stderr)
+        return 2
+    train(**json.loads(Path(argv[0]).read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

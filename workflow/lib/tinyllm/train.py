@@ -3,7 +3,7 @@
 `train` reads top to bottom, as llama2.c's train.py does: setup (check the inputs, build the model and the
 optimizer, resume if a matching state exists), then the loop (learning rate, micro-steps, clip, step, log,
 evaluate and save), then the outputs (ckpt.pt, best.pt, metrics.csv, loss.png). Under torchrun
-(tinyllm.ddp.launch_distributed runs `python -m tinyllm.train kwargs.json`) it is one data-parallel rank.
+(tinyllm.ddp.launch_distributed) it is one data-parallel rank.
 
 The loop never waits for the device between log points: losses stay on the device and are read (and checked
 for NaN) every train.log_interval steps and before every save, so a GPU runs ahead of the host.
@@ -18,7 +18,6 @@ a run stops depends on the machine's speed, so it is not bitwise reproducible, u
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -81,6 +80,7 @@ class Setup:
     state_dir: Path
     inputs: dict[str, str]  # the fingerprint of what this run trains on (tinyllm.resume)
     state: dict | None  # the saved state to resume from
+    eval_seconds: float = 0.0  # what an evaluation costs (measured on the initial one), for the projection
 
 
 def setup(config: dict, shards, tokenizer_model, state_dir, world: World, threads) -> tuple[Setup, Progress]:
@@ -156,37 +156,36 @@ def setup(config: dict, shards, tokenizer_model, state_dir, world: World, thread
         rank=world.rank, world_size=world.size,
         start_batch=progress.iter_num * cfg["gradient_accumulation_steps"],
     )  # fmt: skip
+    if progress.iter_num == 0:
+        started = now()
+        evaluate(run, progress)  # the initial weights: a baseline, not worth saving
+        run.eval_seconds = now() - started
+    run.train_model.train()
     return run, progress
 
 
 @torch.no_grad()
-def estimate_losses(model, datasets: dict, eval_iters: int, autocast, world: World) -> dict[str, float]:
-    """Mean loss per split over the fixed batches 0..eval_iters-1, shared out across ranks.
+def evaluate(run: Setup, progress: Progress) -> bool:
+    """Both splits' mean loss over their fixed batches 0..eval_iters-1, shared out across ranks; log them and
+    add the eval row. True when the val loss is a new best.
 
     The batches are the same at every evaluation and for any world size, so evaluations compare like with
     like and a data-parallel run reports what a single process would.
     """
-    was_training = model.training
+    cfg, world, model = run.config["train"], run.world, run.model
     model.eval()
-    totals = torch.zeros(len(datasets), 2, dtype=torch.float64, device=world.device)  # loss sum, batches
-    for i, dataset in enumerate(datasets.values()):
-        for batch in range(world.rank, eval_iters, world.size):
+    totals = torch.zeros(2, 2, dtype=torch.float64, device=world.device)  # per split: loss sum, batches
+    for i, dataset in enumerate(run.eval_sets.values()):
+        for batch in range(world.rank, cfg["eval_iters"], world.size):
             x, y = (torch.from_numpy(a).to(world.device) for a in dataset.batch_arrays(batch))
-            with autocast:
+            with run.autocast:
                 _, loss = model(x, y)
             totals[i, 0] += loss.double()
             totals[i, 1] += 1
     if world.distributed:
         torch.distributed.all_reduce(totals)
-    model.train(was_training)
-    means = (totals[:, 0] / totals[:, 1]).tolist()  # one host sync for every split
-    return dict(zip(datasets, means, strict=True))
-
-
-def evaluate(run: Setup, progress: Progress) -> bool:
-    """Estimate both splits' losses, log them and add the eval row; True when the val loss is a new best."""
-    cfg = run.config["train"]
-    losses = estimate_losses(run.model, run.eval_sets, cfg["eval_iters"], run.autocast, run.world)
+    model.train()
+    losses = dict(zip(run.eval_sets, (totals[:, 0] / totals[:, 1]).tolist(), strict=True))  # one host sync
     bpb = {split: loss / math.log(2) * run.tokens_per_byte for split, loss in losses.items()}
     it = progress.iter_num
     progress.rows.append({
@@ -194,8 +193,8 @@ def evaluate(run: Setup, progress: Progress) -> bool:
         "val_loss": losses["val"], "train_bpb": bpb["train"], "val_bpb": bpb["val"],
         "lr": get_lr(max(it - 1, 0), cfg, progress.elapsed_s), "elapsed_s": progress.elapsed_s,
     })  # fmt: skip
-    run.world.log(f"eval at iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                  f"({bpb['val']:.4f} bits/byte)")  # fmt: skip
+    world.log(f"eval at iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+              f"({bpb['val']:.4f} bits/byte)")  # fmt: skip
     progress.val_loss = losses["val"]
     improved = progress.val_loss < progress.best_val_loss
     progress.best_val_loss = min(progress.best_val_loss, progress.val_loss)
@@ -231,7 +230,7 @@ def log_metrics(run: Setup, progress: Progress, pending: list, lr: float, since:
                     refresh=False)  # fmt: skip
 
 
-def log_projection(run: Setup, progress: Progress, seconds_per_step: float, eval_seconds: float) -> None:
+def log_projection(run: Setup, progress: Progress, seconds_per_step: float) -> None:
     """How long the whole run will take (or how far a time budget gets); a long CPU run gets a pointer."""
     cfg, log = run.config["train"], run.world.log
     speed = f"{run.tokens_per_iter / seconds_per_step:,.0f} tokens/s"
@@ -242,7 +241,7 @@ def log_projection(run: Setup, progress: Progress, seconds_per_step: float, eval
         return
     steps_left = cfg["max_iters"] - progress.iter_num
     evals_left = steps_left // cfg["eval_interval"] + 1
-    total = progress.elapsed_s + steps_left * seconds_per_step + evals_left * eval_seconds
+    total = progress.elapsed_s + steps_left * seconds_per_step + evals_left * run.eval_seconds
     log(f"train: projected wall time {format_duration(total)} for {cfg['max_iters']:,} iterations ({speed})")
     if run.world.device.type == "cpu" and total > CPU_WARNING_SECONDS:
         log(f"train: warning: this recipe runs about {format_duration(total)} on the CPU; for a model in "
@@ -260,11 +259,22 @@ def write_outputs(run: Setup, progress: Progress, ckpt_path, best_path, metrics_
     save_checkpoint(best, best_path)
     write_metrics(progress.rows, metrics_path)
     plot_losses(progress.rows, plot_path, run.tokens_per_iter)
+    budget = run.config["train"]["max_minutes"]
+    ended_by = f" (the {budget:g}-minute budget)" if budget and progress.elapsed_s >= 60 * budget else ""
     run.world.log(
         f"train: done at iteration {progress.iter_num} after {format_duration(progress.elapsed_s)} of "
-        f"training: val loss {progress.val_loss:.4f}, best {progress.best_val_loss:.4f} (iteration "
+        f"training{ended_by}: val loss {progress.val_loss:.4f}, best {progress.best_val_loss:.4f} (iteration "
         f"{best['iter_num']}); wrote {ckpt_path}, {best_path}, {metrics_path}, {plot_path}"
     )
+
+
+def progress_bar(cfg: dict, progress: Progress, world: World):
+    """The optimizer steps' progress bar (rank 0's), refreshed every 30 s where stderr is a log file."""
+    from tqdm import tqdm
+
+    refresh_s = 1 if sys.stderr.isatty() else 30
+    return tqdm(total=cfg["max_iters"], initial=progress.iter_num, unit="it", disable=not world.master,
+                file=sys.stderr, dynamic_ncols=True, mininterval=refresh_s)  # fmt: skip
 
 
 def train(
@@ -283,27 +293,17 @@ def train(
     Resumes from state_dir/state.pt when it was saved by a run with the same config, world size and inputs.
     Under torchrun (WORLD_SIZE > 1) this is one data-parallel rank.
     """
-    from tqdm import tqdm
-
     cfg = config["train"]
     world = join_world(cfg["device"])
     try:
         run, progress = setup(config, shards, tokenizer_model, state_dir, world, threads)
         model, optimizer, scaler = run.train_model, run.optimizer, run.scaler
-        accumulation = cfg["gradient_accumulation_steps"]
-        budget_s = 60 * cfg["max_minutes"] if cfg["max_minutes"] else math.inf
+        accumulation, budget_s = cfg["gradient_accumulation_steps"], 60 * (cfg["max_minutes"] or math.inf)
         spent_s = progress.elapsed_s  # training time all ranks agree on: the schedule and the budget read it
-        eval_s = now()
-        if progress.iter_num == 0:
-            evaluate(run, progress)  # the initial weights: a baseline, not worth saving
-        eval_s = now() - eval_s  # what an evaluation costs, for the projection
         pending = []  # (iteration, loss on the device) not yet read by the host
         mark = start = since = None  # step timing (module docstring): last step's end, first timed, window
         x, y = next(run.batches)
-        model.train()
-        with StopSignals() as signals, tqdm(total=cfg["max_iters"], initial=progress.iter_num, unit="it",
-                                            disable=not world.master, file=sys.stderr, dynamic_ncols=True,
-                                            mininterval=1 if sys.stderr.isatty() else 30) as bar:  # fmt: skip
+        with StopSignals() as signals, progress_bar(cfg, progress, world) as bar:
             while progress.iter_num < cfg["max_iters"] and spent_s < budget_s:
                 lr = get_lr(progress.iter_num, cfg, spent_s)
                 set_lr(optimizer, lr)
@@ -342,7 +342,7 @@ def train(
                     log_metrics(run, progress, pending, lr, since, bar)
                     if start and it - start[0] >= PROJECTION_STEPS:  # once: start is cleared
                         step_s = (progress.elapsed_s - start[1]) / (it - start[0])
-                        log_projection(run, progress, step_s, eval_s)
+                        log_projection(run, progress, step_s)
                         start = False
                     since = (it, progress.elapsed_s)
                 stop = signals.requested(world, log_step or eval_step)
@@ -353,25 +353,8 @@ def train(
                 if stop:
                     world.log(f"train: stopped by {stop} at iteration {it}; rerun to resume")
                     raise TrainingStopped(f"training stopped by {stop} at iteration {it}; rerun to resume")
-        if spent_s >= budget_s:
-            world.log(f"train: the {cfg['max_minutes']:g}-minute budget ended training at iteration "
-                      f"{progress.iter_num}")
         write_outputs(run, progress, ckpt_path, best_path, metrics_path, plot_path)
         return {"iter_num": progress.iter_num, "val_loss": progress.val_loss, "elapsed_s": progress.elapsed_s,
                 "best_val_loss": progress.best_val_loss, "tokens_per_byte": run.tokens_per_byte}  # fmt: skip
     finally:
         leave_world(world)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tinyllm.train KWARGS.json`: one data-parallel rank, started by torchrun."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m tinyllm.train KWARGS.json  (normally started by torchrun)", file=sys.stderr)
-        return 2
-    train(**json.loads(Path(argv[0]).read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
