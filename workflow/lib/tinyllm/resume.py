@@ -24,7 +24,7 @@ import torch
 
 from tinyllm.checkpoint import STATE_FORMAT, read_checkpoint, save_checkpoint, weights_checkpoint
 from tinyllm.errors import CheckpointError
-from tinyllm.files import file_digest
+from tinyllm.files import remove_stale_temporaries
 
 if TYPE_CHECKING:
     from tinyllm.train import Setup
@@ -75,11 +75,6 @@ def restore_state(run: Setup) -> Progress:
     set_rng_state(state["rng"][run.world.rank])
     return Progress(state["iter_num"], state["best_val_loss"], state["val_loss"], state["elapsed_s"],
                     state["metrics"], saved_iter=state["iter_num"])  # fmt: skip
-
-
-def inputs_fingerprint(files: list[Path]) -> dict[str, str]:
-    """The content of what a run trains on, by file name: a state trained on other data must not resume."""
-    return {Path(path).name: file_digest(path) for path in files}
 
 
 def rng_state() -> dict:
@@ -150,6 +145,25 @@ def load_resumable_state(
     if mismatch:
         return None, f"{path}: {mismatch}: starting fresh"
     return state, f"resuming from {path} at iteration {state['iter_num']}"
+
+
+def find_state(state_dir: str | os.PathLike, config: dict, world, inputs: dict) -> dict | None:
+    """The saved state this run resumes, or None, and why in the log (rank 0's).
+
+    inputs is the content of what the run trains on, by file name (tinyllm.files.file_digest). Rank 0 first
+    deletes the temporaries a killed save left, and afterwards sets aside a state that belongs to another run.
+    """
+    if world.master and (removed := remove_stale_temporaries(state_dir)):
+        size = sum(size for _, size in removed)
+        world.log(f"train: removed {len(removed)} temporary file(s) of {size:,} bytes that a killed run left "
+                  f"in {state_dir}")  # fmt: skip
+    state, why = load_resumable_state(state_dir, config, world.size, inputs)
+    if world.distributed:
+        torch.distributed.barrier()  # every rank has read the state before rank 0 may move it
+    if state is None and world.master and (moved := set_aside_stale_state(state_dir)):
+        why += f"; the old state is kept in {moved}"
+    world.log(f"train: {why}")
+    return state
 
 
 def set_aside_stale_state(state_dir: Path) -> Path | None:

@@ -39,7 +39,7 @@ from tinyllm.checkpoint import read_checkpoint, save_checkpoint, weights_checkpo
 from tinyllm.ddp import World, join_world, leave_world, wrap_model
 from tinyllm.devices import peak_flops, resolve_dtype
 from tinyllm.errors import TrainingDiverged, TrainingStopped
-from tinyllm.files import file_digest, remove_stale_temporaries
+from tinyllm.files import file_digest
 from tinyllm.model import ModelArgs, Transformer
 from tinyllm.optim import configure_optimizer, get_lr, set_lr
 from tinyllm.report import format_duration, plot_losses, write_metrics
@@ -48,11 +48,9 @@ from tinyllm.resume import (
     STATE_FILE,
     Progress,
     StopSignals,
-    inputs_fingerprint,
-    load_resumable_state,
+    find_state,
     restore_state,
     save_state,
-    set_aside_stale_state,
 )
 
 PROJECTION_STEPS = 20  # timed steps after which the log projects the whole run's length
@@ -98,7 +96,8 @@ def setup(config: dict, shards, tokenizer_model, state_dir, world: World, thread
     splits = {split: split_shards(shards, split) for split in ("val", "train")}
     for path in (*splits["val"], *splits["train"]):
         check_pretokenized_shard(path, tokenizer.n_words)
-    inputs = inputs_fingerprint([*splits["val"], *splits["train"], Path(tokenizer_model)])
+    # What the run trains on, by content: a state saved from other data must not be resumed.
+    inputs = {p.name: file_digest(p) for p in (*splits["val"], *splits["train"], Path(tokenizer_model))}
     args = ModelArgs(**model_cfg, vocab_size=tokenizer.n_words)
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     model = Transformer(args).to(device)
@@ -111,16 +110,7 @@ def setup(config: dict, shards, tokenizer_model, state_dir, world: World, thread
         inputs["init_from"] = file_digest(cfg["init_from"])
         world.log(f"train: starting from the weights of {cfg['init_from']} ({source.format})")
 
-    if world.master and (removed := remove_stale_temporaries(state_dir)):
-        size = sum(size for _, size in removed)
-        world.log(f"train: removed {len(removed)} temporary file(s) of {size:,} bytes that a killed run left "
-                  f"in {state_dir}")  # fmt: skip
-    state, resume_note = load_resumable_state(state_dir, config, world.size, inputs)
-    if world.distributed:
-        torch.distributed.barrier()  # every rank has read the state before rank 0 may move it
-    if state is None and world.master and (moved := set_aside_stale_state(state_dir)):
-        resume_note += f"; the old state is kept in {moved}"
-
+    state = find_state(state_dir, config, world, inputs)
     torch.manual_seed(cfg["seed"] + world.rank)  # per-rank dropout streams
     train_model = wrap_model(model, world)
     run = Setup(
@@ -148,7 +138,6 @@ def setup(config: dict, shards, tokenizer_model, state_dir, world: World, thread
     }.items()))  # fmt: skip
     if dtype_note:
         world.log(f"train: note: {dtype_note}")
-    world.log(f"train: {resume_note}")
     progress = restore_state(run)
     # This rank's batches from the one after the last consumed: a resumed run sees the same stream.
     run.batches = iter_batches(
