@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tinyllm.batches import PretokDataset, check_pretokenized_shard, iter_batches, tokens_per_byte
+from tinyllm.batches import (
+    PretokDataset,
+    check_pretokenized_shard,
+    iter_batches,
+    shard_split,
+    split_shards,
+    tokens_per_byte,
+)
 from tinyllm.errors import DataError
 from tinyllm.shards import load_stories
 from tinyllm.tokenizer import Tokenizer
@@ -90,10 +97,25 @@ def test_dataset_errors_name_the_folder(bin_dir, tmp_path):
     (bin_dir / "data01.bin").unlink()
     with pytest.raises(FileNotFoundError, match=f"{bin_dir}.*'train'"):
         PretokDataset(bin_dir, "train", 16)
-    with pytest.raises(DataError, match=f"{bin_dir}.*data00.bin holds fewer than max_seq_len"):
+    with pytest.raises(DataError, match=f"{bin_dir}: the val split holds 300 tokens .* too small for one"):
         PretokDataset(bin_dir, "val", 300)
     with pytest.raises(ValueError, match="split must be"):
         PretokDataset(bin_dir, "test", 16)
+
+
+def test_prepared_shard_names_give_the_split_and_short_shards_are_left_out(tmp_path):
+    """val_NNNN.bin / train_NNNN.bin (the prepared corpus), beside the tokenizer's run.c file: the last shard
+    of a split is often short; it gives no window and is left out rather than failing the run."""
+    for name, length in [("val_0000", 400), ("train_0000", 900), ("train_0001", 20), ("tok512", 50)]:
+        (int(name[-1]) * 10_000 + np.arange(length)).astype("<u2").tofile(tmp_path / f"{name}.bin")
+    assert [p.name for p in split_shards(tmp_path, "val")] == ["val_0000.bin"]
+    assert [p.name for p in split_shards(tmp_path, "train")] == ["train_0000.bin", "train_0001.bin"]
+    names = ("data00.bin", "data07.bin", "tok512.bin")
+    assert [shard_split(tmp_path / n) for n in names] == ["val", "train", None]
+    dataset = PretokDataset(tmp_path, "train", 32, batch_size=16)
+    assert [p.name for p in dataset.shards] == ["train_0000.bin"]
+    x, _ = dataset.batch_arrays(0)
+    assert set((x // 10_000).flatten().tolist()) == {0}
 
 
 # --- checking a shard before training on it -----------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_empty_config_gets_every_default():
         "num_shards": 20,
         "input_sentence_size": 200000,
         "shuffle_input_sentence": True,
-        "character_coverage": 1.0,
+        "character_coverage": None,  # auto: from the text's alphabet
     }
     assert config["train"]["learning_rate"] == 5.0e-4
     assert config["sample"]["prompts"] == ["One day, Lily met a Shoggoth"]

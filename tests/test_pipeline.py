@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 import zipfile
 from collections import Counter
@@ -34,6 +35,7 @@ from conftest import (
     write_tiny_config,
     write_yaml,
 )
+from tinyllm.corpus import iter_shard
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +179,7 @@ def test_every_job_wrote_its_log_and_benchmark(tiny_run):
             p.parts[0] for p in (f.relative_to(wd / kind) for f in (wd / kind).rglob("*") if f.is_file())
         }
         # Folders are named by stage: export holds export_runc and export_hf, report both report rules.
-        expected = {"download", "extract", "tiny_txt", "tokenizer", "pretokenize", "train", "sample"}
+        expected = {"download", "prepare", "tiny_txt", "tokenizer", "pretokenize", "train", "sample"}
         expected |= {"export", "report"}
         assert expected <= rules, f"{kind}/ lacks {sorted(expected - rules)}"
     train_log = (wd / "logs/train/train.log").read_text()
@@ -194,10 +196,10 @@ def test_validation_stories_round_trip(tiny_run):
 
     wd = tiny_run.workdir
     tok = Tokenizer(wd / "results/tok512/tok512.model")
-    stories = [
-        s["story"] for s in json.loads((wd / "results/data/TinyStories_all_data/data00.json").read_text())
-    ]
+    with tarfile.open(tiny_run.root / "TinyStories_test.tar.gz") as tar:
+        stories = [s["story"].strip() for s in json.load(tar.extractfile("data00.json"))]
     assert stories
+    assert list(iter_shard(wd / "results/corpus/val_0000.jsonl")) == stories  # data00 is the validation split
     bad = [s for s in stories if tok.decode(tok.encode(s, bos=False, eos=False)) != s]
     assert not bad, (
         f"{len(bad)} of {len(stories)} validation stories do not survive encode/decode: {bad[0]!r}"
@@ -209,11 +211,10 @@ def test_shard_bins_hold_the_tokenizers_ids(tiny_run):
 
     wd = tiny_run.workdir
     tok = Tokenizer(wd / "results/tok512/tok512.model")
-    bins = sorted((wd / "results/tok512").glob("data*.bin"))
-    assert [b.name for b in bins] == ["data00.bin", "data01.bin"]
+    bins = sorted((wd / "results/tok512").glob("*_*.bin"))
+    assert [b.name for b in bins] == ["train_0000.bin", "val_0000.bin"]  # TinyStories: one shard a file
     for bin_path in bins:
-        shard = wd / "results/data/TinyStories_all_data" / f"{bin_path.stem}.json"
-        stories = [s["story"] for s in json.loads(shard.read_text())]
+        stories = list(iter_shard(wd / "results/corpus" / f"{bin_path.stem}.jsonl"))
         expected = [i for s in stories for i in tok.encode(s.strip(), bos=True, eos=False)]
         got = np.fromfile(bin_path, dtype="<u2")
         assert len(got) == len(expected), (
@@ -248,17 +249,13 @@ RERUN_CASES = {
     "model.n_layers": ({"model": {"n_layers": 3}}, TRAIN_ONWARD, "--configfile"),
     "tokenizer.vocab_size": (
         {"tokenizer": {"vocab_size": 520}},
-        Counter(tokenizer=1, pretokenize=2) + TRAIN_ONWARD,
+        Counter(tokenizer=1, pretokenize=2, report_corpus=1) + TRAIN_ONWARD,
         "--configfile",
     ),
+    # A new corpus: prepare reruns and everything after it; the dry run sees the checkpoint's first shards.
     "data.shards": (
         {"data": {"shards": 3}},
-        Counter(extract=1, pretokenize=1) + TRAIN_ONWARD,
-        "--configfile",
-    ),
-    "data.shards+tokenizer.num_shards": (
-        {"data": {"shards": 3}, "tokenizer": {"num_shards": 3}},
-        Counter(extract=1, tiny_txt=1, tokenizer=1, pretokenize=3) + TRAIN_ONWARD,
+        Counter(prepare=1, tiny_txt=1, tokenizer=1, pretokenize=2, report_corpus=1) + TRAIN_ONWARD,
         "--configfile",
     ),
 }

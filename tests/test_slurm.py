@@ -36,7 +36,7 @@ SLURM_PROFILE = REPO / "profiles" / "slurm"
 STARTED_BY_US = Path(os.environ.get("SLURM_CI_STATE", "/run/tinyllm-slurm")) / "started"
 RUN_TIMEOUT = 600  # seconds; the run takes about 3-4 minutes on two loaded cores, the retried train included
 # Rules the Snakefile keeps on the submit host (localrules): they must not become SLURM jobs.
-LOCAL_RULES = ("download", "extract", "tiny_txt", "report_summary", "report_config")
+LOCAL_RULES = ("download", "tiny_txt", "report_summary", "report_config")
 # Long enough that the train job is surely midway when it gets SIGTERM, short enough for the retry to finish.
 TRAIN = {"max_iters": 200, "eval_interval": 100, "log_interval": 10}
 

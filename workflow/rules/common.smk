@@ -1,13 +1,22 @@
 # Paths and helpers shared by the stages. Every path comes from tinyllm.paths, which the CLI reads too.
 
+import re
+
 from tinyllm import paths
 from tinyllm.codehash import code_hash
+from tinyllm.corpus import FIRST_SHARDS, corpus_plan, shard_names
+from tinyllm.errors import TinyllmError
 
-SHARDS = [f"{i:02d}" for i in range(config["data"]["shards"])]
 VOCAB = config["tokenizer"]["vocab_size"]
 
-ARCHIVE = paths.ARCHIVE
-SHARD_JSON = paths.SHARD_JSON
+# Downloads, local files (what a folder or glob matches now) and prepare's settings.
+try:
+    CORPUS = corpus_plan(config)
+except TinyllmError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+CORPUS_DIR = paths.CORPUS_DIR
+CORPUS_REPORT = paths.CORPUS_REPORT
+CORPUS_REPORT_HTML = paths.CORPUS_REPORT_HTML
 TINY_TXT = paths.TINY_TXT
 TOK_DIR = paths.tokenizer_dir(VOCAB)
 TOK_MODEL = paths.tokenizer_model(VOCAB)
@@ -22,8 +31,18 @@ EXPORT_HF = [f"{paths.EXPORT_HF}/{name}" for name in paths.HF_EXPORT_FILES]
 EXPORT_GGUF = paths.EXPORT_GGUF
 
 
+FIRST_SHARD_BINS = expand(SHARD_BIN, shard=FIRST_SHARDS)
+
+
+def shard_bins(wildcards):
+    """Every pretokenized shard of the corpus: known once the prepare checkpoint has run. (FIRST_SHARD_BINS,
+    which every corpus has, let the DAG show pretokenize before it has.)"""
+    corpus = checkpoints.prepare.get().output[0]
+    return expand(SHARD_BIN, shard=shard_names(corpus))
+
+
 wildcard_constraints:
-    shard=r"\d{2}",
+    shard=r"(val|train)_\d{4}",
 
 
 def library_hash(script):

@@ -1,42 +1,50 @@
-# TinyStories archive -> one JSON file per shard -> tiny.txt (the tokenizer's training text).
+# The corpus: remote sources downloaded, then prepare (a checkpoint: the number of shards is known only once it
+# has run) streams every source once into results/corpus/{val,train}_NNNN.jsonl; tiny.txt, the tokenizer's
+# training text, is its first tokenizer.num_shards shards. TinyStories (data.sources empty) is one such corpus.
+
+
+wildcard_constraints:
+    download="|".join(re.escape(name) for name in CORPUS.downloads) or "^$",
 
 
 rule download:
     output:
-        ARCHIVE,
+        f"{paths.DATA_DIR}/{{download}}",
     log:
-        "logs/download/download.log",
+        "logs/download/{download}.log",
     benchmark:
-        "benchmarks/download/download.tsv"
+        "benchmarks/download/{download}.tsv"
     conda:
         "../../envs/data.yaml"
     params:
-        url=config["data"]["url"],
-        sha256=config["data"]["sha256"],
+        url=lambda w: CORPUS.downloads[w.download]["url"],
+        sha256=lambda w: CORPUS.downloads[w.download]["sha256"],
     script:
         "../scripts/download.py"
 
 
-rule extract:
+checkpoint prepare:
     input:
-        ARCHIVE,
+        CORPUS.inputs,
     output:
-        SHARD_JSON,
+        directory(CORPUS_DIR),
     log:
-        "logs/extract/data{shard}.log",
+        "logs/prepare/prepare.log",
     benchmark:
-        "benchmarks/extract/data{shard}.tsv"
+        "benchmarks/prepare/prepare.tsv"
     conda:
         "../../envs/data.yaml"
     params:
-        code=library_hash("extract.py"),
+        # Sources (with the files a folder or glob matched), split, dedup, shard size: any change reruns it.
+        corpus=CORPUS.settings,
+        code=library_hash("prepare.py"),
     script:
-        "../scripts/extract.py"
+        "../scripts/prepare.py"
 
 
 rule tiny_txt:
     input:
-        expand(SHARD_JSON, shard=SHARDS[: config["tokenizer"]["num_shards"]]),
+        CORPUS_DIR,
     output:
         TINY_TXT,
     log:
@@ -46,6 +54,30 @@ rule tiny_txt:
     conda:
         "../../envs/data.yaml"
     params:
+        num_shards=config["tokenizer"]["num_shards"],
         code=library_hash("tiny_txt.py"),
     script:
         "../scripts/tiny_txt.py"
+
+
+# Per split: sources, documents, bytes, tokens, duplicates and empty documents dropped, lengths in tokens.
+rule report_corpus:
+    input:
+        corpus=CORPUS_DIR,
+        tokenizer=TOK_MODEL,
+        shards=shard_bins,
+    output:
+        markdown=CORPUS_REPORT,
+        html=report(
+            CORPUS_REPORT_HTML, caption="../report/corpus.rst", category="Corpus"
+        ),
+    log:
+        "logs/report/corpus.log",
+    benchmark:
+        "benchmarks/report/corpus.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        code=library_hash("report_corpus.py"),
+    script:
+        "../scripts/report_corpus.py"

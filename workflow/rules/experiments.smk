@@ -27,7 +27,8 @@ localrules:
 
 use rule train as train_experiment with:
     input:
-        shards=expand(SHARD_BIN, shard=SHARDS),
+        shards=shard_bins,  # every shard, once the prepare checkpoint has run
+        first_shards=FIRST_SHARD_BINS,
         tokenizer=TOK_MODEL,
         init_from=lambda w: EXPERIMENTS[w.experiment]["train"]["init_from"] or [],
     output:

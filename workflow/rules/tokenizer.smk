@@ -1,4 +1,4 @@
-# tiny.txt -> SentencePiece BPE tokenizer -> per-shard uint16 token files.
+# tiny.txt -> SentencePiece BPE tokenizer -> per-shard uint16 token files (val_0000.bin, train_0000.bin, ...).
 
 
 rule tokenizer:
@@ -25,16 +25,17 @@ rule tokenizer:
         "../scripts/tokenizer.py"
 
 
+# One job per prepared shard, fanned out once the prepare checkpoint has said how many there are.
 rule pretokenize:
     input:
-        shard=SHARD_JSON,
+        corpus=CORPUS_DIR,
         tokenizer=TOK_MODEL,
     output:
         SHARD_BIN,
     log:
-        f"logs/pretokenize/tok{VOCAB}/data{{shard}}.log",
+        f"logs/pretokenize/tok{VOCAB}/{{shard}}.log",
     benchmark:
-        f"benchmarks/pretokenize/tok{VOCAB}/data{{shard}}.tsv"
+        f"benchmarks/pretokenize/tok{VOCAB}/{{shard}}.tsv"
     conda:
         "../../envs/data.yaml"
     params:

@@ -6,7 +6,8 @@
 
 rule train:
     input:
-        shards=expand(SHARD_BIN, shard=SHARDS),
+        shards=shard_bins,  # every shard, once the prepare checkpoint has run
+        first_shards=FIRST_SHARD_BINS,
         tokenizer=TOK_MODEL,
         init_from=config["train"]["init_from"] or [],
     output:

@@ -1,4 +1,5 @@
-"""Rule download: fetch the TinyStories archive (resumable, retried, checked)."""
+"""Rule download: fetch a remote corpus source, the TinyStories archive by default (resumable, retried,
+checked)."""
 
 import sys
 

@@ -1,9 +1,12 @@
-"""Rule pretokenize: one shard's stories -> uint16 token ids (BOS before each story)."""
+"""Rule pretokenize: one prepared shard's documents -> uint16 token ids (BOS before each document)."""
 
 import sys
+from pathlib import Path
 
 from _rule import smk
+from tinyllm.corpus import SHARD_SUFFIX
 from tinyllm.shards import pretokenize_shard
 
-tokens = pretokenize_shard(smk.input.shard, smk.input.tokenizer, smk.output[0], num_threads=smk.threads)
-print(f"pretokenize: {smk.input.shard} -> {smk.output[0]}: {tokens} tokens", file=sys.stderr)
+shard = Path(smk.input.corpus) / f"{smk.wildcards.shard}{SHARD_SUFFIX}"
+tokens = pretokenize_shard(shard, smk.input.tokenizer, smk.output[0], num_threads=smk.threads)
+print(f"pretokenize: {shard} -> {smk.output[0]}: {tokens} tokens", file=sys.stderr)

@@ -1,9 +1,12 @@
-"""Rule tiny_txt: the tokenizer's training text, one stripped story per line."""
+"""Rule tiny_txt: the tokenizer's training text, one document per line, from the first prepared shards."""
 
 import sys
+from pathlib import Path
 
 from _rule import smk
+from tinyllm.corpus import SHARD_SUFFIX, shard_names
 from tinyllm.shards import write_tiny_txt
 
-count = write_tiny_txt(list(smk.input), smk.output[0])
-print(f"tiny_txt: {count} stories from {len(smk.input)} shards -> {smk.output[0]}", file=sys.stderr)
+names = shard_names(smk.input[0])[: smk.params.num_shards]
+count = write_tiny_txt([Path(smk.input[0]) / f"{name}{SHARD_SUFFIX}" for name in names], smk.output[0])
+print(f"tiny_txt: {count} documents from {len(names)} shards -> {smk.output[0]}", file=sys.stderr)

@@ -76,23 +76,36 @@ def tokens_per_byte(shard: str | os.PathLike, tokenizer) -> float:
     return len(ids) / n_bytes
 
 
-def split_shards(bin_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str) -> list[Path]:
-    """The pretokenized shards of one split: data00.bin is "val", every other data*.bin is "train".
+def shard_split(path: str | os.PathLike) -> str | None:
+    """The split a pretokenized shard belongs to by its name: val_NNNN.bin (and llama2.c's data00.bin) are
+    "val", train_NNNN.bin and every other dataNN.bin "train"; None for any other file (tok4096.bin)."""
+    name = Path(path).name
+    if name == VAL_SHARD or (name.startswith("val_") and name.endswith(".bin")):
+        return "val"
+    if name.endswith(".bin") and (name.startswith("train_") or name.startswith("data")):
+        return "train"
+    return None
 
-    bin_dir is a folder (every data*.bin in it) or an explicit list of .bin files, as the train rule passes
-    its inputs: a folder may still hold shards of an earlier run with more data.shards.
+
+def split_shards(bin_dir: str | os.PathLike | Sequence[str | os.PathLike], split: str) -> list[Path]:
+    """The pretokenized shards of one split, by name (shard_split): val_NNNN.bin are "val", train_NNNN.bin
+    "train" (the prepared corpus's layout); in llama2.c's layout data00.bin is "val", every other data*.bin
+    "train".
+
+    bin_dir is a folder (every shard in it) or an explicit list of .bin files, as the train rule passes its
+    inputs: a folder may still hold shards of an earlier run with a larger corpus.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     if isinstance(bin_dir, (str, os.PathLike)):
         where = Path(bin_dir)
-        shards = sorted(where.glob("data*.bin"))
+        shards = sorted(where.glob("*.bin"))
     else:
         shards = sorted(Path(p) for p in bin_dir)
         where = shards[0].parent if shards else Path(".")
-    chosen = [p for p in shards if (p.name == VAL_SHARD) == (split == "val")]
+    chosen = [p for p in shards if shard_split(p) == split]
     if not chosen:
-        raise FileNotFoundError(f"{where}: no pretokenized shards for the {split!r} split (data*.bin)")
+        raise FileNotFoundError(f"{where}: no pretokenized shards for the {split!r} split ({split}_*.bin)")
     return chosen
 
 
@@ -124,12 +137,18 @@ class PretokDataset:
         self.batch_size = batch_size
         self.shards = split_shards(bin_dir, split)
         lengths = np.array([shard_tokens(p) for p in self.shards], dtype=np.int64)
-        short = [p.name for p, n in zip(self.shards, lengths, strict=True) if n < max_seq_len + 1]
-        if short:
+        # A shard shorter than one window (the last of a split, often) gives no window: it is left out. A
+        # split with no window at all is a corpus too small for the context.
+        fits = lengths >= max_seq_len + 1
+        if not fits.any():
             raise DataError(
-                f"{self.shards[0].parent}: shard {short[0]} holds fewer than "
-                f"max_seq_len + 1 = {max_seq_len + 1} tokens"
+                f"{self.shards[0].parent}: the {split} split holds {int(lengths.sum()):,} tokens in "
+                f"{len(lengths)} shard(s), none with max_seq_len + 1 = {max_seq_len + 1}: the corpus is too "
+                f"small for one training batch; add text, move documents to this split (data.validation) or "
+                f"lower model.max_seq_len"
             )
+        self.shards = [p for p, ok in zip(self.shards, fits.tolist(), strict=True) if ok]
+        lengths = lengths[fits]
         # A window of max_seq_len + 1 tokens can start at 0 .. n - max_seq_len - 1 in a shard of n tokens.
         self._window_starts = lengths - max_seq_len
         self._cumulative = np.cumsum(self._window_starts)

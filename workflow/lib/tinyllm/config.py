@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tinyllm import paths
 from tinyllm.errors import ConfigError
+from tinyllm.sources import check_data_section
 
 # jsonschema and yaml are imported where used: tinyllm.model imports check_model_shape from here, and a
 # machine that only trains or samples (a bare GPU image) need not have them.
@@ -113,6 +114,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     if errors:
         raise ConfigError(_schema_error_line(min(errors, key=lambda e: [str(p) for p in e.absolute_path])))
     _check_consistency(config)
+    check_data_section(config["data"])
     _check_experiment_names(config["experiments"])
     for name in config["experiments"]:
         try:
@@ -189,7 +191,7 @@ def check_model_shape(dim: int, n_heads: int, n_kv_heads: int) -> None:
 
 def _check_consistency(config: dict) -> None:
     data, tok, model = config["data"], config["tokenizer"], config["model"]
-    if tok["num_shards"] > data["shards"]:
+    if not data["sources"] and tok["num_shards"] > data["shards"]:
         raise ConfigError(f"tokenizer.num_shards: {tok['num_shards']} exceeds data.shards ({data['shards']})")
     check_model_shape(model["dim"], model["n_heads"], model["n_kv_heads"])
 

@@ -1,23 +1,30 @@
-"""Fetch the TinyStories archive from an http(s) URL, a file:// URL or a local path; resume, retry, check.
+"""Fetch a file (the TinyStories archive, a corpus source's url) from an http(s) URL, a file:// URL or a local
+path; resume, retry, check.
 
-The archive appears at its output only whole and checked (renamed into place), so neither a crash nor a bad
-download leaves a file that looks done.
+The file appears at its output only whole and checked (renamed into place), so neither a crash nor a bad
+download leaves a file that looks done. What is checked depends on the name: a .tar.gz is read to its end
+(gzip trailer and tar listing), other compressed files (.gz, .bz2, .xz, .zst, .zip) are decompressed to
+theirs.
 """
 
 from __future__ import annotations
 
+import bz2
+import errno
 import gzip
+import lzma
 import os
 import re
 import shutil
 import sys
 import tarfile
 import time
+import zipfile
 import zlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from tinyllm.errors import DownloadError
+from tinyllm.errors import DiskFullError, DownloadError
 from tinyllm.files import atomic_path, file_digest
 
 RETRY_STATUS = frozenset({408, 425, 429})  # besides every 5xx: the server may answer next time
@@ -25,6 +32,34 @@ RETRY_STATUS = frozenset({408, 425, 429})  # besides every 5xx: the server may a
 
 class _Retry(Exception):
     """A transient failure: worth another attempt after a pause."""
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def url_problem(url: str) -> str | None:
+    """Why url is not a usable http(s) URL, file:// URL or local path ("no port after ':'"), or None."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        if not parsed.hostname:
+            return f"{url!r} names no host"
+        try:
+            port = parsed.port
+        except ValueError:
+            return f"{url!r} has a port that is not a number from 0 to 65535"
+        if port is None and parsed.netloc.endswith(":"):
+            return f"{url!r} has no port after ':'; write the port or drop the ':'"
+        return None
+    if parsed.scheme == "file":
+        return None if parsed.path else f"{url!r} names no file"
+    if "://" in url:
+        return f"{url!r}: unsupported URL scheme {parsed.scheme!r}; use http, https, file or a local path"
+    return None
+
+
+def _is_local(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host in LOCAL_HOSTS or host.startswith("127.")
 
 
 def part_path(output: str | os.PathLike) -> Path:
@@ -60,7 +95,7 @@ def download_archive(
         part = part_path(output)
         _download_http(url, part, retries, backoff, timeout, chunk_size, progress)
         try:
-            _check_archive(part, url, sha256)
+            _check_archive(part, url, sha256, output.name)
         except BaseException:
             part.unlink(missing_ok=True)  # a bad file must neither be used nor resumed
             raise
@@ -71,7 +106,7 @@ def download_archive(
             raise DownloadError(f"archive not found: {url}")
         with atomic_path(output) as tmp:  # a bad copy is deleted, never published
             shutil.copyfile(source, tmp)
-            _check_archive(tmp, url, sha256)
+            _check_archive(tmp, url, sha256, output.name)
     else:
         raise DownloadError(f"unsupported URL scheme {parsed.scheme!r}: {url}")
     return output
@@ -118,7 +153,14 @@ def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress:
     try:
         response = requests.get(url, headers=headers, stream=True, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as err:
-        raise _Retry(f"cannot connect ({_short_reason(err)})") from None
+        reason = _short_reason(err)
+        if "refused" in reason.lower() and _is_local(url):  # nothing listens here: waiting will not help
+            where = urlparse(url).netloc
+            raise DownloadError(
+                f"cannot connect ({reason}): nothing listens at {where} on this machine; start the server or "
+                f"fix the URL ({url})"
+            ) from None
+        raise _Retry(f"cannot connect ({reason})") from None
     except requests.RequestException as err:
         raise DownloadError(f"{type(err).__name__}: {err} ({url})") from None
     with response:
@@ -158,8 +200,16 @@ def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress:
                 for chunk in response.iter_content(chunk_size):
                     f.write(chunk)
                     bar.update(len(chunk))
+                f.flush()
             except requests.RequestException as err:
                 raise _Retry(f"connection lost after {f.tell()} bytes ({_short_reason(err)})") from None
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFullError(
+                        f"no space left on device while writing {part}; free some space and rerun: the "
+                        "download resumes from what it holds"
+                    ) from None
+                raise
     size = part.stat().st_size
     if total is not None and size != total:
         if size > total:
@@ -167,15 +217,49 @@ def _fetch_into(url: str, part: Path, timeout: float, chunk_size: int, progress:
         raise _Retry(f"transfer ended at {size} of {total} bytes")
 
 
-def _check_archive(candidate: Path, url: str, sha256: str | None) -> None:
-    """Raise DownloadError unless candidate matches sha256 (when given) and is a whole gzip-compressed tar."""
+def _check_archive(candidate: Path, url: str, sha256: str | None, name: str | None = None) -> None:
+    """Raise DownloadError unless candidate matches sha256 (when given) and, as its name (the output's) says,
+    is a whole gzip-compressed tar (.tar.gz, .tgz) or a whole compressed file (.gz, .bz2, .xz, .zst, .zip)."""
     if sha256:
         actual = file_digest(candidate, "sha256")
         if actual.lower() != sha256.lower():
             raise DownloadError(f"sha256 mismatch: expected {sha256.lower()}, got {actual} for {url}")
-    problem = archive_problem(candidate)
+    name = (name or candidate.name).lower()
+    if name.endswith((".tar.gz", ".tgz")):
+        problem = archive_problem(candidate)
+        if problem:
+            raise DownloadError(f"not a whole gzip-compressed tar archive ({problem}): {url}")
+        return
+    problem = compressed_problem(candidate, name)
     if problem:
-        raise DownloadError(f"not a whole gzip-compressed tar archive ({problem}): {url}")
+        raise DownloadError(f"not a whole {name.rsplit('.', 1)[-1]} file ({problem}): {url}")
+
+
+def compressed_problem(path: str | os.PathLike, name: str) -> str | None:
+    """Why a compressed file (by name: .gz, .bz2, .xz, .zst, .zip) does not decompress to its end, or None;
+    None for any other name (nothing to check)."""
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    suffix = "." + name.rsplit(".", 1)[-1]
+    try:
+        if suffix in openers:
+            with openers[suffix](path, "rb") as stream:
+                while stream.read(1 << 22):
+                    pass
+        elif suffix == ".zst":
+            import zstandard
+
+            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+                while stream.read(1 << 22):
+                    pass
+        elif suffix == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            return f"member {bad} is damaged" if bad else None
+    except EOFError as err:
+        return f"truncated: {err}"
+    except Exception as err:  # noqa: BLE001 - each library has its own error for damaged data
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def archive_problem(path: str | os.PathLike) -> str | None:

@@ -6,9 +6,12 @@ Paths are relative to the working directory Snakemake runs in (the repository, o
 from __future__ import annotations
 
 RESULTS = "results"
-ARCHIVE = f"{RESULTS}/data/TinyStories_all_data.tar.gz"
-SHARD_JSON = f"{RESULTS}/data/TinyStories_all_data/data{{shard}}.json"
-TINY_TXT = f"{RESULTS}/data/tiny.txt"
+DATA_DIR = f"{RESULTS}/data"  # downloads: the TinyStories archive, downloads/ of data.sources' urls
+ARCHIVE = f"{DATA_DIR}/TinyStories_all_data.tar.gz"
+CORPUS_DIR = f"{RESULTS}/corpus"  # prepare's shards, {split}_NNNN.jsonl, and their manifest corpus.json
+TINY_TXT = f"{DATA_DIR}/tiny.txt"
+CORPUS_REPORT = f"{RESULTS}/report/corpus.md"  # per split: sources, documents, bytes, tokens, lengths
+CORPUS_REPORT_HTML = f"{RESULTS}/report/corpus.html"
 
 TRAIN_DIR = f"{RESULTS}/train"
 EXPERIMENTS_DIR = f"{RESULTS}/experiments"
@@ -41,8 +44,8 @@ def tokenizer_model(vocab_size: int) -> str:
 
 
 def shard_bin(vocab_size: int) -> str:
-    """A pretokenized shard, with the {shard} wildcard left in."""
-    return f"{tokenizer_dir(vocab_size)}/data{{shard}}.bin"
+    """A pretokenized shard, with the {shard} wildcard (val_0000, train_0000, ...) left in."""
+    return f"{tokenizer_dir(vocab_size)}/{{shard}}.bin"
 
 
 def run_dir(experiment: str | None = None) -> str:

@@ -1,85 +1,28 @@
-"""TinyStories shards: extract one from the archive, read its stories, write tiny.txt, pretokenize it.
+"""Prepared shards -> tiny.txt (the tokenizer's training text) and pretokenized shards; TinyStories' own JSON.
 
-Pretokenized shards (`data{NN}.bin`) are flat uint16 little-endian token ids: every story encoded with BOS in
-front and no EOS, concatenated (llama2.c's layout). `data00.bin` is the validation split, the rest train
-(tinyllm.batches reads them).
+A prepared shard (`val_0000.jsonl`, `train_0003.jsonl`, ... from tinyllm.corpus.prepare_corpus) holds one
+`{"text": ...}` per line; a TinyStories shard (`data00.json`) is a JSON array of `{"story": ...}`, which the
+tests and the bench still read directly. Pretokenized shards (`val_0000.bin`, ...) are flat uint16
+little-endian token ids: every document encoded with BOS in front and no EOS, concatenated (llama2.c's
+layout); tinyllm.batches reads them.
 
 Every file is written through tinyllm.files.atomic_output, so a crash never leaves a truncated output behind.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import shutil
-import tarfile
-import zlib
-from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from tinyllm.errors import DataError
 from tinyllm.files import atomic_output
-from tinyllm.tokenizer import Tokenizer
+from tinyllm.tokenizer import MAX_SENTENCE_LENGTH, Tokenizer
 
-ARCHIVE_SHARD_NAME = "data{:02d}.json"
 UINT16_VOCAB_LIMIT = 1 << 16
-
-
-# --- extract -----------------------------------------------------------------------------------------------
-
-
-def shard_file_name(shard: int | str) -> str:
-    """ "data07.json" for shard 7 or "07"."""
-    return ARCHIVE_SHARD_NAME.format(int(shard))
-
-
-def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or member.name.startswith("\\") or (len(member.name) > 1 and member.name[1] == ":"):
-        return "absolute path"
-    if ".." in path.parts:
-        return "path leads outside the archive's folder"
-    if member.issym() or member.islnk():
-        return f"a link to {member.linkname!r}"
-    if member.isdev():
-        return "a device or FIFO"
-    if not member.isfile():
-        return "not a regular file"
-    return None
-
-
-def extract_shard(archive: str | os.PathLike, member_name: str, output: str | os.PathLike) -> Path:
-    """Copy one shard file (e.g. "data07.json") out of the gzip tar archive into output, atomically.
-
-    The member must sit at the archive's root (as upstream) or under a single top folder. Only that member's
-    bytes are read and they go to output alone, never to a path the archive names; a requested member that is
-    a link, device, absolute path or `..` path is refused with DataError, as is a missing one, and so is an
-    archive that ends early or is corrupt before the shard is whole (output is then left as it was).
-    """
-    archive, output = Path(archive), Path(output)
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:  # streams: stops at the shard rather than reading the whole archive
-                if PurePosixPath(member.name).name != member_name:
-                    continue
-                problem = _unsafe_reason(member)
-                if problem:
-                    raise DataError(f"{archive}: refusing member {member.name!r}: {problem}")
-                depth = len([p for p in PurePosixPath(member.name).parts if p != "."])
-                if depth > 2:
-                    continue
-                with atomic_output(output) as out:
-                    shutil.copyfileobj(tar.extractfile(member), out, 1 << 20)
-                    if out.tell() != member.size:
-                        raise DataError(f"{archive}: member {member.name!r} is truncated")
-                return output
-    except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as err:  # reading errors, not writing
-        raise DataError(
-            f"{archive}: cannot extract {member_name}: the archive is truncated or corrupt "
-            f"({type(err).__name__}: {err}); delete it and download it again"
-        ) from None
-    raise DataError(f"{archive}: no shard {member_name} at the archive's root")
+ENCODE_BATCH = 8192  # documents encoded at a time while pretokenizing: bounds memory whatever the shard size
 
 
 # --- stories, tiny.txt, pretokenize ------------------------------------------------------------------------
@@ -126,30 +69,73 @@ def load_stories(shard_json: str | os.PathLike) -> list[str]:
     return stories
 
 
-def write_tiny_txt(shard_jsons: Sequence[str | os.PathLike], output: str | os.PathLike) -> int:
-    """Write the tokenizer's training text: every story of the shards, stripped, then a newline.
+def shard_documents(shard: str | os.PathLike) -> Iterator[str]:
+    """The documents of a prepared shard (.jsonl) or of a TinyStories shard (.json, stripped stories)."""
+    from tinyllm.corpus import iter_shard
 
-    As llama2.c's train_vocab: newlines inside a story stay, so SentencePiece sees each paragraph as a line.
-    Returns the number of stories written.
+    path = Path(shard)
+    if path.suffix == ".json":
+        return iter(load_stories(path))
+    return iter_shard(path)
+
+
+def split_long_line(line: str, limit: int = MAX_SENTENCE_LENGTH) -> list[str]:
+    """line cut into pieces of at most limit UTF-8 bytes, at a space where one is near the cut, else between
+    characters (text without spaces, such as Chinese). SentencePiece's trainer skips longer lines silently."""
+    data = line.encode("utf-8")
+    if len(data) <= limit:
+        return [line]
+    pieces, start = [], 0
+    while len(data) - start > limit:
+        end = start + limit
+        while (data[end] & 0xC0) == 0x80:  # inside a character: back to its first byte
+            end -= 1
+        space = data.rfind(b" ", start + limit // 2, end)
+        end = space + 1 if space > 0 else end
+        pieces.append(data[start:end].decode("utf-8"))
+        start = end
+    return [*pieces, data[start:].decode("utf-8")]
+
+
+def write_tiny_txt(shards: Sequence[str | os.PathLike], output: str | os.PathLike) -> int:
+    """Write the tokenizer's training text: every document of the shards, then a newline.
+
+    As llama2.c's train_vocab: newlines inside a document stay, so SentencePiece sees each paragraph as a
+    line. A line longer than SentencePiece's max_sentence_length (MAX_SENTENCE_LENGTH bytes) would be skipped
+    by its trainer without a word, and a corpus of only such lines fails with `!sentences_.empty()`: such
+    lines are cut into pieces (logged with their number). Returns the number of documents written.
     """
-    count = 0
+    count = long_lines = pieces = 0
     with atomic_output(output, "w", encoding="utf-8", newline="\n") as out:
-        for shard in shard_jsons:
-            for story in load_stories(shard):
-                out.write(story + "\n")
+        for shard in shards:
+            for document in shard_documents(shard):
                 count += 1
+                if len(document) * 4 <= MAX_SENTENCE_LENGTH:  # short enough: at most 4 bytes a character
+                    out.write(document + "\n")
+                    continue
+                for line in document.split("\n"):
+                    parts = split_long_line(line)
+                    if len(parts) > 1:
+                        long_lines += 1
+                        pieces += len(parts)
+                    out.write("\n".join(parts) + "\n")
+    if long_lines:
+        print(f"tiny_txt: cut {long_lines} lines longer than {MAX_SENTENCE_LENGTH} bytes (SentencePiece's "
+              f"limit per sentence) into {pieces} pieces for tokenizer training",
+              file=sys.stderr)  # fmt: skip
     return count
 
 
 def pretokenize_shard(
-    shard_json: str | os.PathLike,
+    shard: str | os.PathLike,
     tokenizer_model: str | os.PathLike,
     output: str | os.PathLike,
     num_threads: int = 1,
 ) -> int:
-    """Encode every story of a shard (stripped, BOS first, no EOS), concatenate, write uint16 LE to output.
+    """Encode every document of a shard (BOS first, no EOS), concatenate, write uint16 LE to output.
 
-    Returns the number of tokens written. A vocabulary too large for uint16 ids is refused.
+    Streams: ENCODE_BATCH documents at a time, so memory is bounded whatever the shard size. Returns the
+    number of tokens written. A vocabulary too large for uint16 ids is refused.
     """
     tokenizer = Tokenizer(tokenizer_model)
     if tokenizer.n_words > UINT16_VOCAB_LIMIT:
@@ -157,8 +143,11 @@ def pretokenize_shard(
             f"{tokenizer_model}: a vocabulary of {tokenizer.n_words} tokens does not fit uint16 ids "
             f"(at most {UINT16_VOCAB_LIMIT})"
         )
-    stories = load_stories(shard_json)
-    ids = tokenizer.encode_concat(stories, bos=True, eos=False, num_threads=num_threads)
+    documents = shard_documents(shard)
+    count = 0
     with atomic_output(output) as out:
-        out.write(ids.astype("<u2").tobytes())
-    return len(ids)
+        for ids in tokenizer.encode_stream(documents, bos=True, eos=False, num_threads=num_threads,
+                                           batch=ENCODE_BATCH):  # fmt: skip
+            out.write(ids.astype("<u2").tobytes())
+            count += len(ids)
+    return count

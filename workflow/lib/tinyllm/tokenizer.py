@@ -6,7 +6,8 @@ import itertools
 import os
 import re
 import struct
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,17 @@ RUNC_EOS = "\n</s>\n"
 # tiny.txt lines reach a few thousand bytes; SentencePiece's default (4192) would silently drop longer ones.
 MAX_SENTENCE_LENGTH = 1 << 16
 ENCODE_CHUNK = 8192  # texts per step of encode_concat: bounds the Python lists it holds
-# SentencePiece's words when the vocabulary cannot hold every required character plus the meta pieces.
+# SentencePiece's words when the vocabulary cannot hold every required character plus the meta pieces, and
+# when the text has fewer distinct pieces to learn than the vocabulary asks for.
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+_TOO_BIG = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+MIN_CHARACTER_COVERAGE = 0.98  # SentencePiece refuses less (trainer_interface.cc)
+# Scripts with large alphabets (Chinese, Japanese): SentencePiece recommends 0.9995, so that the rarest
+# characters are spelled in bytes rather than each taking a piece. Chosen when the text has this many
+# distinct characters or more; alphabets (Latin, Cyrillic, ...) stay far below it and get 1.0.
+LARGE_ALPHABET = 1000
+LARGE_ALPHABET_COVERAGE = 0.9995
+COVERAGE_SAMPLE_BYTES = 64 << 20  # what auto_character_coverage reads of the training text
 
 
 def train_tokenizer(
@@ -31,7 +41,7 @@ def train_tokenizer(
     vocab_size: int,
     input_sentence_size: int = 200_000,
     shuffle_input_sentence: bool = True,
-    character_coverage: float = 1.0,
+    character_coverage: float | None = 1.0,
     num_threads: int = 1,
     quiet: bool = False,
 ) -> Path:
@@ -40,12 +50,19 @@ def train_tokenizer(
     The options are llama2.c's (tinystories.py train_vocab). Training writes under a temporary prefix and
     renames the files into place, so an interrupted run leaves no half-written model. quiet silences
     SentencePiece's progress log (it goes to stderr). character_coverage is the share of the text's
-    characters that get a piece of their own; the rest are spelled in bytes (byte_fallback). A vocab_size
-    below what that requires raises ConfigError. Returns the .model path.
+    characters that get a piece of their own; the rest are spelled in bytes (byte_fallback); None picks it
+    from the text (auto_character_coverage, logged). A vocab_size below what that requires, or above what the
+    text can fill, raises ConfigError. Returns the .model path.
     """
     text_path, model_prefix = Path(text_path), Path(model_prefix)
     if not text_path.is_file():
         raise FileNotFoundError(f"tokenizer training text not found: {text_path}")
+    if character_coverage is None:
+        character_coverage, distinct = auto_character_coverage(text_path)
+        why = "a large alphabet, as Chinese or Japanese" if character_coverage < 1 else "an alphabet"
+        print(f"tokenizer: character_coverage {character_coverage:g} (auto: {distinct:,} distinct "
+              f"characters, {why}; SentencePiece recommends 0.9995 for CJK, 1.0 otherwise)",
+              file=sys.stderr)  # fmt: skip
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     tmp_prefix = model_prefix.with_name(f".{model_prefix.name}.tmp{os.getpid()}")
     try:
@@ -74,6 +91,14 @@ def train_tokenizer(
         for suffix in (".vocab", ".model"):
             os.replace(f"{tmp_prefix}{suffix}", f"{model_prefix}{suffix}")
     except RuntimeError as err:
+        too_big = _TOO_BIG.search(str(err))
+        if too_big:
+            size, most = too_big.groups()
+            raise ConfigError(
+                f"tokenizer.vocab_size {size} is too big for the corpus: {text_path} yields at most {most} "
+                f"pieces; lower tokenizer.vocab_size to {most} or less, or add text (data.sources, "
+                "tokenizer.num_shards)"
+            ) from err
         too_small = _TOO_SMALL.search(str(err))
         if not too_small:
             raise
@@ -82,13 +107,32 @@ def train_tokenizer(
         raise ConfigError(
             f"tokenizer.vocab_size {size} is smaller than the {required} pieces that {text_path} requires "
             f"(every character covered by tokenizer.character_coverage {character_coverage:g}, plus the byte "
-            f"and control pieces): raise tokenizer.vocab_size to at least {required}, or lower "
-            f"tokenizer.character_coverage so that rare characters are spelled in bytes"
+            f"and control pieces): raise tokenizer.vocab_size to at least {required}"
+            + (
+                f", or lower tokenizer.character_coverage (not below {MIN_CHARACTER_COVERAGE}) so that rare "
+                "characters are spelled in bytes"
+                if character_coverage > MIN_CHARACTER_COVERAGE
+                else ""
+            )
         ) from err  # SentencePiece's own words stay in the rule's log
     finally:
         for suffix in (".vocab", ".model"):
             Path(f"{tmp_prefix}{suffix}").unlink(missing_ok=True)
     return Path(f"{model_prefix}.model")
+
+
+def auto_character_coverage(text_path: str | os.PathLike) -> tuple[float, int]:
+    """(character_coverage, distinct characters) for a training text: LARGE_ALPHABET_COVERAGE when its first
+    COVERAGE_SAMPLE_BYTES hold LARGE_ALPHABET distinct characters or more, else 1.0."""
+    seen: set[str] = set()
+    with open(text_path, encoding="utf-8") as f:
+        while block := f.read(1 << 20):
+            seen.update(block)
+            if f.tell() >= COVERAGE_SAMPLE_BYTES:
+                break
+    seen.discard("\n")
+    coverage = LARGE_ALPHABET_COVERAGE if len(seen) >= LARGE_ALPHABET else 1.0
+    return coverage, len(seen)
 
 
 class Tokenizer:
@@ -123,18 +167,25 @@ class Tokenizer:
         distinct word is encoded once and the rest is numpy gathering. TinyStories reuses a small vocabulary
         of words, so this is several times faster than encoding every story.
         """
-        texts = list(texts)
-        if not self.words_encode_independently():
-            pieces = self.sp.encode(texts, add_bos=bos, add_eos=eos, num_threads=num_threads)
-            return np.fromiter(itertools.chain.from_iterable(pieces), np.int32, sum(map(len, pieces)))
-        cache = _WordCache(self.sp, num_threads)
-        chunks = [
-            cache.encode_texts(
-                texts[i : i + ENCODE_CHUNK], self.bos_id if bos else None, self.eos_id if eos else None
-            )
-            for i in range(0, len(texts), ENCODE_CHUNK)
-        ]
+        chunks = list(self.encode_stream(texts, bos, eos, num_threads))
         return np.concatenate(chunks) if chunks else np.empty(0, np.int32)
+
+    def encode_stream(
+        self, texts: Iterable[str], bos: bool, eos: bool, num_threads: int = 1, batch: int = ENCODE_CHUNK
+    ) -> Iterator[np.ndarray]:
+        """encode_concat of texts, batch texts at a time (int32 arrays): texts may be a stream of any length.
+
+        The word cache of the fast path lives across batches, so a word is encoded once per stream.
+        """
+        fast = self.words_encode_independently()
+        cache = _WordCache(self.sp, num_threads) if fast else None
+        iterator = iter(texts)
+        while chunk := list(itertools.islice(iterator, batch)):
+            if cache is None:
+                pieces = self.sp.encode(chunk, add_bos=bos, add_eos=eos, num_threads=num_threads)
+                yield np.fromiter(itertools.chain.from_iterable(pieces), np.int32, sum(map(len, pieces)))
+            else:
+                yield cache.encode_texts(chunk, self.bos_id if bos else None, self.eos_id if eos else None)
 
     def words_encode_independently(self) -> bool:
         """Whether encoding a text equals concatenating the encodings of its space-separated words.
