@@ -47,7 +47,6 @@ include: "workflow/rules/experiments.smk"
 # Light rules run on the submit host under a cluster executor (profiles/slurm); download needs its internet.
 localrules:
     download,
-    extract,
     tiny_txt,
 
 
@@ -60,4 +59,5 @@ rule all:
         EXPORT_GGUF,
         REPORT_SUMMARY,
         REPORT_CONFIG,
+        CORPUS_REPORT,
         EXPERIMENT_TARGETS,
