@@ -1,128 +1,22 @@
-"""tinyllm.shards: archive extraction, reading stories, tiny.txt and pretokenization."""
+"""tinyllm.shards: reading TinyStories stories and prepared shards, tiny.txt and pretokenization."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
 from conftest import make_tar_gz, run_snakemake, write_tiny_config
 from tinyllm import shards
+from tinyllm.corpus import document_line
 from tinyllm.errors import DataError
 from tinyllm.shards import (
-    extract_shard,
     load_stories,
     pretokenize_shard,
+    split_long_line,
     write_tiny_txt,
 )
-from tinyllm.tokenizer import Tokenizer
-
-# --- extract ------------------------------------------------------------------------------------------------
-
-
-def test_extract_shard_copies_the_member(tinystories_archive, shards_dir, tmp_path):
-    output = tmp_path / "shards" / "data01.json"
-    extract_shard(tinystories_archive, "data01.json", output)
-    assert output.read_bytes() == (shards_dir / "data01.json").read_bytes()
-    assert sorted(p.name for p in output.parent.iterdir()) == ["data01.json"]  # no temporary left
-
-
-def test_extract_shard_accepts_one_top_folder(tmp_path):
-    archive = make_tar_gz(tmp_path / "a.tar.gz", {"./TinyStories/data03.json": b"[]"})
-    extract_shard(archive, "data03.json", tmp_path / "out.json")
-    assert (tmp_path / "out.json").read_bytes() == b"[]"
-
-
-def test_missing_shard_is_named(tinystories_archive, tmp_path):
-    with pytest.raises(DataError, match="no shard data07.json"):
-        extract_shard(tinystories_archive, "data07.json", tmp_path / "data07.json")
-    deep = make_tar_gz(tmp_path / "deep.tar.gz", {"a/b/data07.json": b"[]"})
-    with pytest.raises(DataError, match="no shard data07.json"):
-        extract_shard(deep, "data07.json", tmp_path / "data07.json")
-    assert not (tmp_path / "data07.json").exists()
-
-
-@pytest.mark.parametrize("damage", ["truncated", "not-gzip"])
-def test_damaged_archive_names_archive_and_shard(damage, tinystories_archive, tmp_path):
-    """Cut short before data01.json ends, or not gzip at all: one line, not a bare EOFError or ReadError.
-
-    (Extraction reads only up to its shard, so damage past it is download's check to catch, not this one's.)
-    """
-    archive_bytes = tinystories_archive.read_bytes()
-    if damage == "truncated":
-        archive_bytes = archive_bytes[: len(archive_bytes) * 3 // 4]
-    else:
-        archive_bytes = b"<html><body>Sign in to continue</body></html>"
-    archive = tmp_path / "archive.tar.gz"
-    archive.write_bytes(bytes(archive_bytes))
-    output = tmp_path / "shards" / "data01.json"
-    with pytest.raises(DataError, match=f"{archive}: cannot extract data01.json: the archive is") as err:
-        extract_shard(archive, "data01.json", output)
-    assert "\n" not in str(err.value)
-    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["archive.tar.gz"]  # not even a temporary
-
-
-def tar_with(path, *members: tarfile.TarInfo, contents: dict[str, bytes] | None = None):
-    with tarfile.open(path, "w:gz") as tar:
-        for info in members:
-            body = (contents or {}).get(info.name)
-            if body is not None:
-                info.size = len(body)
-            tar.addfile(info, io.BytesIO(body) if body is not None else None)
-    return path
-
-
-def link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    return info
-
-
-def file_entry(name: str) -> tarfile.TarInfo:
-    return tarfile.TarInfo(name)
-
-
-@pytest.mark.parametrize(
-    "member,reason",
-    [
-        (file_entry("../data01.json"), "outside"),
-        (file_entry("/data01.json"), "absolute"),
-        (link("data01.json", "../../outside.json"), "link"),
-        (link("data01.json", "/etc/passwd"), "link"),
-        (link("data01.json", "data00.json", tarfile.LNKTYPE), "link"),
-        (link("data01.json", "", tarfile.CHRTYPE), "device"),
-    ],
-    ids=["dotdot", "absolute", "symlink-out", "symlink-abs", "hardlink", "char-device"],
-)
-def test_unsafe_member_is_refused_and_nothing_is_written(member, reason, tmp_path):
-    archive = tar_with(
-        tmp_path / "evil.tar.gz",
-        file_entry("data00.json"),
-        member,
-        contents={"data00.json": b"[]", "../data01.json": b"evil", "/data01.json": b"evil"},
-    )
-    target = tmp_path / "work" / "results"
-    with pytest.raises(DataError, match=reason):
-        extract_shard(archive, "data01.json", target / "data01.json")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar.gz"]  # nothing beside or inside target
-
-
-def test_unsafe_neighbours_are_never_written(tmp_path):
-    archive = tar_with(
-        tmp_path / "mixed.tar.gz",
-        file_entry("../evil"),
-        link("evil_link", "/etc/passwd"),
-        file_entry("data00.json"),
-        contents={"../evil": b"evil", "data00.json": b"[]"},
-    )
-    out = tmp_path / "work" / "data00.json"
-    extract_shard(archive, "data00.json", out)
-    assert out.read_bytes() == b"[]"
-    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    assert written == ["mixed.tar.gz", "work", "work/data00.json"]
-
+from tinyllm.tokenizer import MAX_SENTENCE_LENGTH, Tokenizer, train_tokenizer
 
 # --- stories and tiny.txt -----------------------------------------------------------------------------------
 
@@ -205,9 +99,9 @@ def test_vocabulary_beyond_uint16_is_refused(shards_dir, small_tokenizer, tmp_pa
 # --- in the workflow: the rule that reads a bad shard stops there -------------------------------------------
 
 
-def test_empty_stories_stop_the_first_rule_that_reads_them(shards_dir, tmp_path):
-    """An archive whose data01.json is 1,000 empty stories: tiny_txt fails with one line naming the shard and
-    the entry, and nothing after it (tokenizer, pretokenize, train) runs."""
+def test_empty_stories_stop_prepare_with_one_line(shards_dir, tmp_path):
+    """An archive whose data01.json is 1,000 empty stories: the training split is empty, so prepare fails with
+    one line saying so, and nothing after it (tiny_txt, tokenizer, pretokenize, train) runs."""
     archive = make_tar_gz(
         tmp_path / "TinyStories_empty.tar.gz",
         {
@@ -216,10 +110,71 @@ def test_empty_stories_stop_the_first_rule_that_reads_them(shards_dir, tmp_path)
         },
     )
     config = write_tiny_config(shards_dir, tmp_path, data={"url": str(archive)})
-    target = "results/tok512/data01.bin"
+    target = "results/tok512/train_0000.bin"
     run = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(config,), check=False)
     assert run.returncode != 0
-    shard = "results/data/TinyStories_all_data/data01.json"
-    assert f'error: {shard}: entry 0 has a "story" that is empty\n' in run.stderr
+    line = next(x for x in run.stderr.splitlines() if x.startswith("error: "))
+    assert "the training split is empty" in line, run.stderr[-3000:]
+    assert not (tmp_path / "results" / "corpus").exists()
     assert not (tmp_path / "results" / "data" / "tiny.txt").exists()
     assert not (tmp_path / "logs" / "tokenizer").exists()
+
+
+# --- prepared shards ----------------------------------------------------------------------------------------
+
+
+def write_prepared(path, texts):
+    path.write_bytes(b"".join(document_line(t) for t in texts))
+    return path
+
+
+CHINESE = ["從前有一隻小貓，牠叫咪咪。", "小明說：「你好！」然后他走了。", "天氣很好，我們去公園玩吧？"]
+
+
+def test_tiny_txt_and_pretokenize_read_prepared_shards(small_tokenizer, tmp_path):
+    texts = ["First doc.\nSecond line.", "quotes \" and \\ backslashes", *CHINESE, "tab\tand emoji 🐱"]
+    shard = write_prepared(tmp_path / "val_0000.jsonl", texts)
+    assert write_tiny_txt([shard], tmp_path / "tiny.txt") == len(texts)
+    assert (tmp_path / "tiny.txt").read_text(encoding="utf-8") == "".join(t + "\n" for t in texts)
+    count = pretokenize_shard(shard, small_tokenizer, tmp_path / "val_0000.bin")
+    tok = Tokenizer(small_tokenizer)
+    expected = [i for t in texts for i in tok.encode(t, bos=True, eos=False)]
+    assert count == len(expected)
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "val_0000.bin", dtype="<u2"), expected)
+
+
+def test_pretokenize_streams_in_batches_and_equals_one_pass(small_tokenizer, tmp_path, monkeypatch):
+    texts = [f"story number {i}: once upon a time" for i in range(50)]
+    shard = write_prepared(tmp_path / "train_0000.jsonl", texts)
+    monkeypatch.setattr(shards, "ENCODE_BATCH", 7)  # many batches, one word cache across them
+    pretokenize_shard(shard, small_tokenizer, tmp_path / "small_batches.bin")
+    tok = Tokenizer(small_tokenizer)
+    expected = tok.encode_concat(texts, bos=True, eos=False)
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "small_batches.bin", dtype="<u2"), expected)
+
+
+@pytest.mark.parametrize("text", ["a b " * 40_000, "中文" * 30_000, "word" * 20_000 + " tail"])
+def test_long_lines_are_cut_at_spaces_or_characters_within_the_limit(text):
+    pieces = split_long_line(text)
+    assert "".join(pieces) == text
+    assert len(pieces) > 1 and all(len(p.encode()) <= MAX_SENTENCE_LENGTH for p in pieces)
+    if " " in text[: MAX_SENTENCE_LENGTH // 2]:
+        assert all(p.endswith(" ") for p in pieces[:-1])  # cut after a space, where there is one near
+    assert split_long_line("short") == ["short"]
+
+
+def test_corpus_of_only_very_long_documents_trains_a_tokenizer(tmp_path, capfd):
+    """Two 5 MB documents without newlines: SentencePiece alone skips them all ("too long line") and fails
+    with `!sentences_.empty()`; tiny.txt cuts them, says how many, and training succeeds."""
+    words = ["once", "upon", "a", "time", "there", "was", "cat", "dog", "play", "park", "happy", "sun"]
+    doc = " ".join(words[(i * 7) % len(words)] for i in range(1_200_000))[:5_000_000]
+    shard = write_prepared(tmp_path / "val_0000.jsonl", [doc, doc[::-1]])
+    write_tiny_txt([shard], tmp_path / "tiny.txt")
+    err = capfd.readouterr().err
+    assert "cut 2 lines longer than 65536 bytes" in err, err
+    lines = (tmp_path / "tiny.txt").read_text().splitlines()
+    assert max(len(line.encode()) for line in lines) <= MAX_SENTENCE_LENGTH and len(lines) > 100
+    text = tmp_path / "tiny.txt"
+    model = train_tokenizer(text, tmp_path / "tok300", 300, input_sentence_size=0, quiet=True)
+    tok = Tokenizer(model)
+    assert tok.decode(tok.encode(doc[:1000], False, False)) == doc[:1000]
