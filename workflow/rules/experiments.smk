@@ -7,10 +7,10 @@
 from tinyllm.config import experiment_config
 
 EXPERIMENTS = {name: experiment_config(config, name) for name in config["experiments"]}
-EXPERIMENT_DIR = f"{paths.EXPERIMENTS_DIR}/{{experiment}}"
+EXPERIMENT = "{experiment}"  # the wildcard, in place of a name
 EXPERIMENT_TARGETS = (
     [paths.COMPARE_PLOT, paths.COMPARE_TABLE]
-    + [f"{paths.run_dir(name)}/samples.txt" for name in EXPERIMENTS]
+    + [paths.samples_file(name) for name in EXPERIMENTS]
     if EXPERIMENTS
     else []
 )
@@ -32,11 +32,11 @@ use rule train as train_experiment with:
         tokenizer=TOK_MODEL,
         init_from=lambda w: EXPERIMENTS[w.experiment]["train"]["init_from"] or [],
     output:
-        ckpt=f"{EXPERIMENT_DIR}/ckpt.pt",
-        best=f"{EXPERIMENT_DIR}/best.pt",
-        metrics=f"{EXPERIMENT_DIR}/metrics.csv",
+        ckpt=paths.run_file("ckpt", EXPERIMENT),
+        best=paths.run_file("best", EXPERIMENT),
+        metrics=paths.run_file("metrics", EXPERIMENT),
         plot=report(
-            f"{EXPERIMENT_DIR}/loss.png",
+            paths.run_file("plot", EXPERIMENT),
             caption="../report/loss.rst",
             category="Experiments",
             subcategory="{experiment}",
@@ -51,16 +51,16 @@ use rule train as train_experiment with:
         # The experiment's merged config: only its own edits change these.
         model=lambda w: EXPERIMENTS[w.experiment]["model"],
         train=lambda w: EXPERIMENTS[w.experiment]["train"],
-        state_dir=f"{EXPERIMENT_DIR}/state",
+        state_dir=paths.run_file("state", EXPERIMENT),
 
 
 use rule sample as sample_experiment with:
     input:
-        ckpt=f"{EXPERIMENT_DIR}/ckpt.pt",
+        ckpt=paths.run_file("ckpt", EXPERIMENT),
         tokenizer=TOK_MODEL,
     output:
         report(
-            f"{EXPERIMENT_DIR}/samples.txt",
+            paths.samples_file(EXPERIMENT),
             caption="../report/samples.rst",
             category="Experiments",
             subcategory="{experiment}",
@@ -76,8 +76,8 @@ use rule sample as sample_experiment with:
 rule compare_experiments:
     input:
         # The main run first: the table's reference.
-        metrics=[f"{paths.run_dir(name)}/metrics.csv" for name in [None, *EXPERIMENTS]],
-        ckpts=[f"{paths.run_dir(name)}/ckpt.pt" for name in [None, *EXPERIMENTS]],
+        metrics=[paths.run_file("metrics", name) for name in [None, *EXPERIMENTS]],
+        ckpts=[paths.run_file("ckpt", name) for name in [None, *EXPERIMENTS]],
     output:
         plot=report(
             paths.COMPARE_PLOT, caption="../report/compare.rst", category="Experiments"

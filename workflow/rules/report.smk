@@ -1,8 +1,8 @@
 # Report pieces that are not outputs of another stage: the final losses and the config a run used.
 # `snakemake --report report.html` gathers them with loss.png, samples.txt and the rule graph.
 
-REPORT_SUMMARY = "results/report/summary.html"
-REPORT_CONFIG = "results/report/config.yaml"
+REPORT_SUMMARY = paths.REPORT_SUMMARY
+REPORT_CONFIG = paths.REPORT_CONFIG
 
 
 # Both read a few kB and write less: not worth a cluster job.
@@ -13,7 +13,7 @@ localrules:
 
 rule report_summary:
     input:
-        metrics=f"{TRAIN_DIR}/metrics.csv",
+        metrics=paths.run_file("metrics"),
     output:
         report(REPORT_SUMMARY, caption="../report/summary.rst", category="Training"),
     log:

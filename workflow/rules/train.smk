@@ -12,10 +12,10 @@ rule train:
         init_from=config["train"]["init_from"] or [],
     output:
         ckpt=CKPT,
-        best=f"{TRAIN_DIR}/best.pt",
-        metrics=f"{TRAIN_DIR}/metrics.csv",
+        best=paths.run_file("best"),
+        metrics=paths.run_file("metrics"),
         plot=report(
-            f"{TRAIN_DIR}/loss.png",
+            paths.run_file("plot"),
             caption="../report/loss.rst",
             category="Training",
         ),
@@ -31,7 +31,7 @@ rule train:
     params:
         model=config["model"],
         train=config["train"],
-        state_dir=f"{TRAIN_DIR}/state",
+        state_dir=paths.run_file("state"),
         code=library_hash("train.py"),
     script:
         "../scripts/train.py"

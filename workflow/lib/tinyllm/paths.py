@@ -48,9 +48,30 @@ def shard_bin(vocab_size: int) -> str:
     return f"{tokenizer_dir(vocab_size)}/{{shard}}.bin"
 
 
+REPORT_SUMMARY = f"{REPORT_DIR}/summary.html"  # the final losses, for snakemake --report
+REPORT_CONFIG = f"{REPORT_DIR}/config.yaml"  # the validated config the run used
+RUN_FILES = {  # what a training run writes into its folder (run_file)
+    "ckpt": "ckpt.pt",  # the final weights
+    "best": "best.pt",  # the best validation loss's weights
+    "metrics": "metrics.csv",  # one row per log step and per evaluation (tinyllm.report)
+    "plot": "loss.png",
+    "state": "state",  # the resumable training state (not a Snakemake output: it survives a failed job)
+}
+
+
 def run_dir(experiment: str | None = None) -> str:
     """A training run's folder: results/train for the main run, results/experiments/NAME for an experiment."""
     return TRAIN_DIR if experiment is None else f"{EXPERIMENTS_DIR}/{experiment}"
 
 
-CKPT = f"{TRAIN_DIR}/ckpt.pt"
+def run_file(name: str, experiment: str | None = None) -> str:
+    """One of RUN_FILES in a run's folder (experiment may be the "{experiment}" wildcard)."""
+    return f"{run_dir(experiment)}/{RUN_FILES[name]}"
+
+
+def samples_file(experiment: str | None = None) -> str:
+    """A run's samples: results/samples.txt for the main run, samples.txt in an experiment's folder."""
+    return SAMPLES if experiment is None else f"{run_dir(experiment)}/samples.txt"
+
+
+CKPT = run_file("ckpt")
