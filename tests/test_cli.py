@@ -63,7 +63,7 @@ def test_sample_defaults_point_at_results_and_flags_apply(results, tmp_path, mon
     "flag, value",
     [("--temperature", "-1"), ("--temperature", "inf"), ("--top-p", "0"), ("--top-p", "1.5"),
      ("--num-samples", "0"), ("--max-new-tokens", "x"), ("--top-k", "-3"), ("--top-k", "2.5"),
-     ("--seed", "-1")],
+     ("--top-k", "0"), ("--seed", "-1")],
 )  # fmt: skip
 def test_sample_rejects_bad_knobs(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -71,6 +71,20 @@ def test_sample_rejects_bad_knobs(flag, value, capsys):
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith(f"tinyllm sample: error: argument {flag}:") and value in line
+    key = flag.removeprefix("--").replace("-", "_")
+    assert f"(sample.{key}: " in line  # what the config's key means, the same rule as config.yaml
+
+
+def test_sample_defaults_and_values_are_the_config_schemas():
+    from tinyllm.config import load_schema
+
+    schema = load_schema()["properties"]["sample"]["properties"]
+    args = cli.build_parser().parse_args(["sample"])
+    for key in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"):
+        assert getattr(args, key) == schema[key]["default"], key
+    assert args.num_samples == 1  # one story at the terminal; the rule writes sample.num_samples
+    args = cli.build_parser().parse_args(["sample", "--top-k", "null", "--temperature", "0", "--seed", "7"])
+    assert (args.top_k, args.temperature, args.seed) == (None, 0, 7)  # null keeps every token, as in YAML
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:7", "tpu", "bogus"])
@@ -147,3 +161,12 @@ def test_bench_still_parses_and_knows_the_sample_group(capsys):
     assert (args.command, args.groups, args.threads, args.json) == ("bench", ["sample"], 1, True)
     assert cli.main(["bench", "no-such-group"]) == 2
     assert "unknown bench group 'no-such-group'" in capsys.readouterr().err
+
+
+def test_sample_int8_prints_what_the_int8_decoder_writes(results, capsys):
+    argv = ["sample", "--prompt", "Once upon a time", "--checkpoint", str(results / "train" / "ckpt.pt")]
+    assert cli.main([*argv, "--temperature", "0", "--max-new-tokens", "12", "--int8"]) == 0
+    tokenizer = Tokenizer(results / "tok512" / "tok512.model")
+    prompt = tokenizer.encode("Once upon a time", bos=True, eos=False)
+    new = generate(tiny_model(), prompt, 12, temperature=0.0, eos_id=tokenizer.bos_id, int8=True)[0]
+    assert capsys.readouterr().out == tokenizer.decode(prompt + new) + "\n"

@@ -221,7 +221,7 @@ def test_hf_state_dict_stores_each_tensor_once():
 def test_export_hf_refuses_a_tokenizer_of_another_size(tmp_path, small_tokenizer):
     torch.manual_seed(0)
     model = Transformer(ModelArgs(**{**TINY, "vocab_size": 600}))
-    with pytest.raises(CheckpointError, match="has 512 tokens, the model 600"):
+    with pytest.raises(CheckpointError, match="has 512 tokens but the model has vocab_size 600"):
         export_hf(model, small_tokenizer, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 

@@ -1,4 +1,5 @@
-"""tinyllm.generate: sampling knobs, the KV-cached decoder against the no-cache reference, samples files."""
+"""tinyllm.generate and tinyllm.sample: sampling knobs, the KV-cached decoder against the no-cache reference,
+rows at their own positions (continuous batching), int8 weights, samples files."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import torch
 from conftest import TINY_MODEL as TINY
 from conftest import make_random_model as random_model
 from tinyllm import generate as gen
+from tinyllm import sample as sample_module
 from tinyllm.checkpoint import save_checkpoint as save_weights
 from tinyllm.checkpoint import weights_checkpoint
 from tinyllm.errors import CheckpointError
-from tinyllm.generate import Decoder, generate, sample_next_token, write_samples
+from tinyllm.generate import Decoder, generate, sample_next_token
 from tinyllm.model import ModelArgs, Transformer
+from tinyllm.sample import sample_texts, write_samples
 from tinyllm.shards import load_stories
 from tinyllm.tokenizer import Tokenizer
 
@@ -102,21 +105,49 @@ def test_draws_follow_the_tempered_distribution():
 # --- the cached decoder against the model ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch", [1, 3])  # batch 1 takes the scalar-norm fast path
+def random_tokens(batch: int, length: int = TINY["max_seq_len"], seed: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, TINY["vocab_size"], (batch, length), generator=generator)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
 def test_decoder_logits_match_the_full_forward(batch):
     model = random_model(seed=batch, scale=3.0)
-    tokens = torch.randint(
-        0, TINY["vocab_size"], (batch, TINY["max_seq_len"]), generator=torch.Generator().manual_seed(2)
-    )
+    tokens = random_tokens(batch)
     with torch.no_grad():
         reference, _ = model(tokens)
     decoder = Decoder(model, batch)
     logits = [decoder.prefill(tokens[:, :5])]
-    logits += [decoder.step(tokens[:, pos], pos) for pos in range(5, tokens.shape[1])]
+    logits += [decoder.step(tokens[:, pos], [pos] * batch) for pos in range(5, tokens.shape[1])]
     error = (torch.stack(logits, dim=1) - reference[:, 4:]).abs().max().item()
     assert error < 1e-4, error
+    assert (decoder.prefill(tokens, all_positions=True) - reference).abs().max().item() < 1e-4
     with pytest.raises(ValueError, match="past max_seq_len"):
-        decoder.step(tokens[:, 0], TINY["max_seq_len"])
+        decoder.step(tokens[:, 0], [TINY["max_seq_len"]] * batch)
+
+
+def test_rows_at_their_own_positions_join_leave_and_move():
+    """Continuous batching: rows prefilled at different times step together, each at its own position,
+    and a row moved into a freed slot carries its cache with it."""
+    model = random_model(seed=4, scale=3.0)
+    tokens = random_tokens(3)
+    with torch.no_grad():
+        reference, _ = model(tokens)
+    decoder = Decoder(model, 4)
+    lengths = [10, 3, 7]
+    for row, length in enumerate(lengths):
+        decoder.prefill(tokens[row : row + 1, :length], first_row=row)
+    for k in range(20):
+        positions = [length + k for length in lengths]
+        logits = decoder.step(tokens[torch.arange(3), positions], positions)
+        expected = reference[torch.arange(3), positions]
+        assert (logits - expected).abs().max().item() < 1e-4, k
+    decoder.move(2, 0)  # row 0 left; row 2 takes its place
+    position = lengths[2] + 20
+    logits = decoder.step(tokens[2:3, position], [position])
+    assert (logits[0] - reference[2, position]).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="the cache holds 4x64"):
+        decoder.prefill(tokens[:2, :5], first_row=3)
 
 
 def test_greedy_with_cache_equals_reference_on_a_trained_model(trained):
@@ -186,12 +217,12 @@ def test_samples_end_where_the_model_starts_the_next_story(trained):
     model, tokenizer = trained
     settings = dict(num_samples=2, max_new_tokens=40, temperature=1.0, top_k=None, top_p=1.0, seed=5)
     free = generate(model, tokenizer.encode("Once", True, False), 40, num_samples=2, seed=5)
-    with mock.patch.object(gen, "generate", side_effect=gen.generate) as spy:
-        texts = gen.sample_texts(model, tokenizer, "Once", settings)
+    with mock.patch.object(sample_module, "generate", side_effect=gen.generate) as spy:
+        texts = sample_texts(model, tokenizer, "Once", settings)
     assert spy.call_args.kwargs["eos_id"] == tokenizer.bos_id != tokenizer.eos_id
     prompt, bos = tokenizer.encode("Once", True, False), tokenizer.bos_id
     assert texts == [tokenizer.decode(prompt + (r[: r.index(bos)] if bos in r else r)) for r in free]
-    assert gen.sample_texts(model, tokenizer, "Once", settings, stop_at_story_end=False) == [
+    assert sample_texts(model, tokenizer, "Once", settings, stop_at_story_end=False) == [
         tokenizer.decode(tokenizer.encode("Once", True, False) + r) for r in free
     ]
 
@@ -204,15 +235,11 @@ def test_decoding_stops_once_every_sample_ended():
     assert step.call_count == 0
 
 
-def test_the_decoder_is_reused_until_the_weights_change():
+def test_generate_sees_weights_changed_since_the_last_call():
     model = random_model(seed=8, scale=3.0)
-    assert gen.decoder_for(model, 2) is gen.decoder_for(model, 2)
-    assert gen.decoder_for(model, 1) is not gen.decoder_for(model, 2)
-    before = gen.decoder_for(model, 1)
     first = generate(model, [1, 9], 20, temperature=0.0)
     with torch.no_grad():
-        model.layers[1].feed_forward.w2.weight.mul_(-1.0)  # in place: same tensor, new version
-    assert gen.decoder_for(model, 1) is not before
+        model.layers[1].feed_forward.w2.weight.mul_(-1.0)  # in place: same tensor
     changed = generate(model, [1, 9], 20, temperature=0.0)
     assert changed == generate(model, [1, 9], 20, temperature=0.0, use_cache=False)
     assert changed != first
@@ -269,7 +296,7 @@ def test_write_samples_refuses_a_mismatched_tokenizer_or_missing_checkpoint(smal
     settings = dict(
         prompts=["x"], num_samples=1, max_new_tokens=2, temperature=0.0, top_k=None, top_p=1.0, seed=0
     )
-    with pytest.raises(CheckpointError, match="has 512 tokens but checkpoint .* vocab_size 600"):
+    with pytest.raises(CheckpointError, match="has 512 tokens but checkpoint .* has vocab_size 600"):
         write_samples(tmp_path / "ckpt.pt", small_tokenizer, tmp_path / "s.txt", settings)
     with pytest.raises(CheckpointError, match="no checkpoint at .*missing.pt.*snakemake"):
         write_samples(tmp_path / "missing.pt", small_tokenizer, tmp_path / "s.txt", settings)

@@ -115,7 +115,7 @@ def test_export_reads_a_checkpoint_and_refuses_a_tokenizer_of_another_size(
     np.testing.assert_array_equal(embedding, load_model(story_model).tok_embeddings.weight.detach().numpy())
     torch.manual_seed(0)
     other = Transformer(ModelArgs(**{**TINY_MODEL, "vocab_size": 600}))
-    with pytest.raises(CheckpointError, match="has 512 tokens, the model 600"):
+    with pytest.raises(CheckpointError, match="has 512 tokens but the model has vocab_size 600"):
         export_gguf(other, small_tokenizer, tmp_path / "b.gguf")
     assert not (tmp_path / "b.gguf").exists()
 

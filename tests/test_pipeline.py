@@ -145,7 +145,7 @@ def test_samples_are_what_the_trained_model_writes(tiny_run, tmp_path, monkeypat
     """samples.txt holds the continuations that the trained ckpt.pt gives with the run's sample settings
     (seeded, so a recomputation here draws the same tokens), under a header naming those settings."""
     import torch
-    from tinyllm.generate import write_samples
+    from tinyllm.sample import write_samples
 
     wd = tiny_run.workdir
     settings = yaml.safe_load((wd / "results/report/config.yaml").read_text())["sample"]  # defaults filled

@@ -5,7 +5,7 @@ import sys
 import torch
 from _rule import smk
 from tinyllm.devices import resolve_device
-from tinyllm.generate import write_samples
+from tinyllm.sample import write_samples
 
 torch.set_num_threads(smk.threads)
 device = resolve_device("auto")

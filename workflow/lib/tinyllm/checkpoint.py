@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import torch
 
@@ -92,3 +93,72 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     with atomic_output(path) as f:
         torch.save(obj, f)
 
+
+
+# --- loading a model to run it (tinyllm sample and serve, rule sample, the exports) ------------------------
+
+TRAIN_HINT = "run `snakemake --cores all --resources gpu=1` first"
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict:
+    """The checkpoint's model_args, iter_num and config, without reading its tensors into memory."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: {TRAIN_HINT} (or pass the checkpoint's path)")
+    checkpoint = read_checkpoint(path, mmap=True)  # only the small metadata is read
+    if not isinstance(checkpoint, dict) or "model_args" not in checkpoint or "model" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is not a tinyllm checkpoint (no model/model_args): {TRAIN_HINT}, or convert it with "
+            "`tinyllm import`"
+        )
+    return {
+        "model_args": dict(checkpoint["model_args"]),
+        "iter_num": checkpoint.get("iter_num"),
+        "config": checkpoint.get("config"),
+    }
+
+
+def default_tokenizer_path(checkpoint: str | os.PathLike, vocab_size: int) -> Path:
+    """The pipeline's tokenizer for this vocabulary size, in the results folder that holds the checkpoint.
+
+    A checkpoint at <results>/train/ckpt.pt or <results>/experiments/NAME/ckpt.pt finds
+    <results>/tok{V}/tok{V}.model; any other checkpoint falls back to ./results.
+    """
+    from tinyllm import paths
+
+    relative = Path(paths.tokenizer_model(vocab_size)).relative_to(paths.RESULTS)
+    for results in Path(checkpoint).resolve().parents:
+        if (results / relative).is_file():
+            return results / relative
+    return Path(paths.tokenizer_model(vocab_size))
+
+
+def load_model_and_tokenizer(
+    model_or_checkpoint, tokenizer: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+):
+    """(Transformer in eval mode on device, its Tokenizer), checked to match in vocabulary size.
+
+    model_or_checkpoint is a Transformer or the path of a tinyllm checkpoint; tokenizer is the SentencePiece
+    model, by default the pipeline's one beside the checkpoint (default_tokenizer_path).
+    """
+    from tinyllm import paths
+    from tinyllm.model import Transformer, load_model  # model.py reads checkpoints through this module
+    from tinyllm.tokenizer import Tokenizer
+
+    if isinstance(model_or_checkpoint, Transformer):
+        model, source = model_or_checkpoint.to(device), "the model"
+        vocab_size = model.args.vocab_size
+    else:
+        vocab_size = checkpoint_info(model_or_checkpoint)["model_args"]["vocab_size"]
+        model, source = None, f"checkpoint {model_or_checkpoint}"
+    if tokenizer is None:
+        tokenizer = default_tokenizer_path(model_or_checkpoint if model is None else ".", vocab_size)
+    if not Path(tokenizer).is_file():
+        raise CheckpointError(f"no tokenizer at {tokenizer}: {TRAIN_HINT} (or pass the model's tokenizer)")
+    loaded = Tokenizer(tokenizer)
+    if loaded.n_words != vocab_size:
+        raise CheckpointError(
+            f"tokenizer {tokenizer} has {loaded.n_words} tokens but {source} has vocab_size {vocab_size}: "
+            f"pass the model's own tokenizer ({paths.tokenizer_model(vocab_size)} in a pipeline's results)"
+        )
+    return (model if model is not None else load_model(model_or_checkpoint, device)), loaded

@@ -36,18 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer",
         help=f"SentencePiece model (default: {paths.tokenizer_model('{V}')}, V = the checkpoint's vocab)",
     )
-    sample.add_argument("--num-samples", type=_positive_int, default=1, help="continuations (default 1)")
-    sample.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default 256")
-    sample.add_argument("--temperature", type=_non_negative_float, default=1.0, help="0 = greedy (default 1)")
     sample.add_argument(
-        "--top-k", type=_non_negative_int, default=300, help="keep the k likeliest; 0 = all (default 300)"
+        "--num-samples", type=sample_knob("num_samples"), default=1, help="continuations (default 1)"
     )
-    sample.add_argument("--top-p", type=_probability, default=1.0, help="nucleus mass; 1.0 = off (default)")
-    sample.add_argument(
-        "--seed", type=_non_negative_int, default=None, help="random seed (default: a fresh one each run)"
-    )
+    for flag, key, meaning in SAMPLE_FLAGS:  # the config's sample section: its defaults, its values
+        default = "null" if SAMPLE_DEFAULTS[key] is None else SAMPLE_DEFAULTS[key]
+        sample.add_argument(
+            flag, type=sample_knob(key), default=default, help=f"{meaning} (default: {default})"
+        )
     sample.add_argument("--device", default="auto", help="auto (cuda if there, else cpu), cpu, cuda[:N], mps")
     sample.add_argument("--no-stop", action="store_true", help="go on past the story's end (BOS)")
+    sample.add_argument("--int8", action="store_true", help="decode with int8 weights (CPU only)")
 
     imports = sub.add_parser(
         "import",
@@ -59,6 +58,46 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("source", help="checkpoint file or Hugging Face folder")
     imports.add_argument("dest", help="the tinyllm checkpoint to write (.pt)")
     return parser
+
+
+def _sample_schema() -> dict:
+    from tinyllm.config import load_schema
+
+    return load_schema()["properties"]["sample"]["properties"]
+
+
+# `tinyllm sample` takes the config's sample section: its defaults, and values as the schema allows them
+# (a YAML scalar: `--top-k null` keeps every token, as `top_k: null` does in config.yaml).
+SAMPLE_DEFAULTS = {key: spec.get("default") for key, spec in _sample_schema().items()}
+SAMPLE_FLAGS = (
+    ("--max-new-tokens", "max_new_tokens", "tokens to generate"),
+    ("--temperature", "temperature", "softmax temperature; 0 = greedy"),
+    ("--top-k", "top_k", "keep the k likeliest tokens; null = all"),
+    ("--top-p", "top_p", "nucleus sampling mass; 1.0 = off"),
+    ("--seed", "seed", "random seed; the same seed draws the same text"),
+)
+
+
+def sample_knob(key: str):
+    """An argparse type: text read as a YAML scalar and checked against the schema's sample.<key>."""
+
+    def parse(text: str):
+        import jsonschema
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        spec = _sample_schema()[key]
+        try:
+            jsonschema.validate(value, spec)
+        except jsonschema.ValidationError as err:
+            raise argparse.ArgumentTypeError(f"{err.message} (sample.{key}: {spec['description']})") from None
+        return value
+
+    parse.__name__ = key  # argparse names the type in its messages
+    return parse
 
 
 def _number(text: str, kind: type) -> int | float:
@@ -76,27 +115,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 def read_prompt(prompt: str) -> str:
     """The prompt text; FILE:path reads it from a file (a trailing newline is dropped)."""
     if not prompt.startswith("FILE:"):
@@ -108,26 +126,16 @@ def read_prompt(prompt: str) -> str:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    from tinyllm.checkpoint import load_model_and_tokenizer
     from tinyllm.devices import resolve_device
-    from tinyllm.generate import checkpoint_info, default_tokenizer_path, load_tokenizer, sample_texts
-    from tinyllm.model import load_model
+    from tinyllm.sample import SETTINGS, sample_texts
 
     device = resolve_device(args.device)
     prompt = read_prompt(args.prompt)
-    info = checkpoint_info(args.checkpoint)
-    vocab_size = info["model_args"]["vocab_size"]
-    tokenizer_path = args.tokenizer or default_tokenizer_path(args.checkpoint, vocab_size)
-    tokenizer = load_tokenizer(tokenizer_path, vocab_size, args.checkpoint)
-    model = load_model(args.checkpoint, device)
-    settings = {
-        "num_samples": args.num_samples,
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k if args.top_k > 0 else None,
-        "top_p": args.top_p,
-        "seed": args.seed,
-    }
-    texts = sample_texts(model, tokenizer, prompt, settings, stop_at_story_end=not args.no_stop)
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer, device)
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    stop = not args.no_stop
+    texts = sample_texts(model, tokenizer, prompt, settings, stop_at_story_end=stop, int8=args.int8)
     print("\n---\n".join(texts))
     return 0
 

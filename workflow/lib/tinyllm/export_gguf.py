@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllm.export_hf import model_and_tokenizer
+from tinyllm.checkpoint import load_model_and_tokenizer
 from tinyllm.export_runc import classifier_is_embedding
 from tinyllm.files import atomic_path
 from tinyllm.model import ROPE_THETA, Transformer
@@ -90,7 +90,7 @@ def export_gguf(
     """Write the model and its tokenizer as one float32 GGUF file, atomically."""
     import gguf
 
-    model, tokenizer = model_and_tokenizer(model_or_checkpoint, tokenizer_model)
+    model, tokenizer = load_model_and_tokenizer(model_or_checkpoint, tokenizer_model)
     args = model.args
     sp = tokenizer.sp
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from tinyllm.errors import CheckpointError
+from tinyllm.checkpoint import load_model_and_tokenizer
 from tinyllm.files import atomic_output
-from tinyllm.model import ROPE_THETA, ModelArgs, Transformer, load_model
+from tinyllm.model import ROPE_THETA, ModelArgs, Transformer
 from tinyllm.tokenizer import WORD_BOUNDARY, Tokenizer
 
 
@@ -202,21 +202,6 @@ def generation_config(tokenizer: Tokenizer, max_seq_len: int) -> dict:
 # --- the folder --------------------------------------------------------------------------------------------
 
 
-def model_and_tokenizer(
-    model_or_checkpoint: Transformer | str | os.PathLike, tokenizer_model: str | os.PathLike
-) -> tuple[Transformer, Tokenizer]:
-    """The model (loaded on the CPU from a checkpoint path) and its tokenizer, checked to match in size."""
-    model = model_or_checkpoint
-    if not isinstance(model, Transformer):
-        model = load_model(model, "cpu")
-    tokenizer = Tokenizer(tokenizer_model)
-    if tokenizer.n_words != model.args.vocab_size:
-        raise CheckpointError(
-            f"tokenizer {tokenizer_model} has {tokenizer.n_words} tokens, the model {model.args.vocab_size}"
-        )
-    return model, tokenizer
-
-
 def export_hf(
     model_or_checkpoint: Transformer | str | os.PathLike,
     tokenizer_model: str | os.PathLike,
@@ -225,7 +210,7 @@ def export_hf(
     """Write the folder's files (paths.HF_EXPORT_FILES), each atomically."""
     from safetensors.torch import save as safetensors_bytes
 
-    model, tokenizer = model_and_tokenizer(model_or_checkpoint, tokenizer_model)
+    model, tokenizer = load_model_and_tokenizer(model_or_checkpoint, tokenizer_model)
     max_seq_len = model.args.max_seq_len
     contents = {
         "config.json": _json(hf_config(model.args, tokenizer.bos_id, tokenizer.eos_id)),
