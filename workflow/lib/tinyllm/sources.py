@@ -423,7 +423,7 @@ def _tar_documents(source, path: Path, counter, stats, spool_dir) -> Iterator[tu
     with open(path, "rb", buffering=0) as raw:
         stream = io.BufferedReader(_CountingReader(raw, counter), BLOCK)
         if path.name.lower().endswith(".zst"):  # tarfile reads gz, bz2 and xz itself
-            stream = decompressed(stream, path.name)
+            stream = decompressed(stream, "archive.zst")
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
@@ -515,6 +515,8 @@ def _file_documents(
         else:
             yield from _text_documents(source, body, label)
     except CORRUPT as err:
+        if _strip_compression(name)[1] is None:  # the archive around it is damaged: its reader says so
+            raise
         raise DataError(
             f"{label}: truncated or corrupt compressed data ({type(err).__name__}: {err})"
         ) from None
@@ -651,7 +653,8 @@ def iter_json_array(body, label: str, block: int = BLOCK) -> Iterator[tuple[int,
             if not fill():
                 return ""
 
-    fill()
+    while not buf and fill():  # a block may end inside the first character
+        pass
     if buf.startswith("\ufeff"):
         pos = 1
     if skip_ws() != "[":
@@ -670,7 +673,10 @@ def iter_json_array(body, label: str, block: int = BLOCK) -> Iterator[tuple[int,
             while True:
                 try:
                     value, end = decoder.raw_decode(buf, pos)
-                    if end < len(buf) or eof:
+                    # A number may go on in the next block ("1" of "1.5e3"): complete only before another
+                    # character or at the end of the file.
+                    cut = end == len(buf) or (isinstance(value, (int, float)) and buf[end] in NUMBER_CHARS)
+                    if eof or not cut:
                         break
                 except json.JSONDecodeError as err:
                     if eof:
@@ -699,6 +705,9 @@ def iter_json_array(body, label: str, block: int = BLOCK) -> Iterator[tuple[int,
             )
     if skip_ws():
         raise DataError(f"{label}: text after the JSON array's closing ']'; one array per file")
+
+
+NUMBER_CHARS = frozenset("0123456789+-.eE")
 
 
 def _text_documents(source: Source, body, label: str) -> Iterator[tuple[str, str, str]]:
