@@ -31,7 +31,7 @@ class RunResult:
     final_val_bpb: float | None
     best_val_loss: float | None
     best_val_bpb: float | None
-    train_seconds: float | None  # elapsed_s of the last row: training and evaluations, over resumes
+    train_seconds: float | None  # elapsed_s of the last row: the optimizer steps' time, over resumes
     tokens_per_s: float | None  # median of the logged intervals' throughput
     curve: list[tuple[int, float | None, float]] = field(default_factory=list)  # (tokens, elapsed_s, val_bpb)
 
@@ -128,8 +128,8 @@ def comparison_markdown(runs: list[RunResult]) -> str:
         "Validation loss in nats/token and bits/byte (bpb: lower is better, comparable across vocabularies)",
         'at the last evaluation ("final") and the lowest ("best"). "vs main" is the final bpb relative to',
         "the main run's; \"by main's time\" the last bpb each run evaluated within the main run's training",
-        "time. Train time is wall-clock training with evaluations, over resumes; tokens/s the median logged",
-        "rate.",
+        "time. Train time is the wall-clock time of the optimizer steps (evaluations, saves and start-up left",
+        "out), over resumes, as train.max_minutes counts it; tokens/s the median logged rate.",
         "",
         header,
         "|" + "---|" * 2 + "---:|" * 10,
