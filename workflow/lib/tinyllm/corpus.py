@@ -305,10 +305,28 @@ def prepare_corpus(settings: dict, output: str | os.PathLike, progress: bool = T
     seen = SeenHashes() if settings["dedup"] else None
     writers = {split: ShardWriter(tmp, split, settings["shard_bytes"]) for split in SPLITS}
     stats = {split: SplitStats() for split in SPLITS}
-    per_source = []
     interactive = sys.stderr.isatty()
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare", file=sys.stderr,
                disable=not progress, mininterval=0.5 if interactive else 10.0)  # fmt: skip
+    try:
+        manifest = _one_pass(sources, settings, tmp, bar, splitter, seen, writers, stats)
+    except BaseException:
+        for writer in writers.values():
+            writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    finally:
+        bar.close()
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return manifest
+
+
+def _one_pass(sources, settings, tmp, bar, splitter, seen, writers, stats) -> dict:
+    """Read every source into the shard writers; the manifest, or DataError for a corpus that cannot train."""
+    per_source = []
     try:
         for source, files in sources:
             counter = Counter(on_progress=bar.update)
@@ -333,7 +351,6 @@ def prepare_corpus(settings: dict, output: str | os.PathLike, progress: bool = T
             per_source.append({"name": source.name, "files_read": file_stats.files, "documents": documents,
                                "empty": empty, "skipped": skipped})  # fmt: skip
     finally:
-        bar.close()
         for writer in writers.values():
             writer.close()
     for split, name in (("val", "validation"), ("train", "training")):
@@ -352,10 +369,6 @@ def prepare_corpus(settings: dict, output: str | os.PathLike, progress: bool = T
         "settings": {k: v for k, v in settings.items() if k != "sources"},
         "dedup_remembered": None if seen is None else len(seen),
     }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(tmp, output)
     return manifest
 
 

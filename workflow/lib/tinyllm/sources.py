@@ -152,10 +152,9 @@ def default_name(location: str) -> str:
     """A source's name from its path or URL: the last component without archive or format extensions."""
     tail = PurePosixPath(urlparse(location).path if "://" in location else location.rstrip("/\\")).name
     tail = tail.replace("*", "").replace("?", "") or "source"
-    for suffix in sorted({*ARCHIVE_SUFFIXES, *COMPRESSIONS, *FORMAT_OF_SUFFIX}, key=len, reverse=True):
-        if tail.lower().endswith(suffix) and len(tail) > len(suffix):
-            tail = tail[: -len(suffix)]
-            break
+    suffixes = sorted({*ARCHIVE_SUFFIXES, *COMPRESSIONS, *FORMAT_OF_SUFFIX}, key=len, reverse=True)
+    while found := next((s for s in suffixes if tail.lower().endswith(s) and len(tail) > len(s)), None):
+        tail = tail[: -len(found)]  # forum.jsonl.gz -> forum
     return tail.strip(".") or "source"
 
 
