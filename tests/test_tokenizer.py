@@ -195,3 +195,131 @@ def test_export_runc_layout(tok, tmp_path):
         assert tokens[i].startswith(b" ")
     assert not any(WORD_BOUNDARY.encode() in t for t in tokens)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok512.bin"]  # written atomically, no temp left
+
+
+# --- any script: Chinese with a large alphabet --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chinese(tmp_path_factory):
+    """(tokenizer trained with character_coverage auto on Chinese text, its documents, its training log)."""
+    from corpora import chinese_documents
+
+    folder = tmp_path_factory.mktemp("tok_zh")
+    docs = chinese_documents(1500)
+    text = folder / "tiny.txt"
+    text.write_text("".join(d + "\n" for d in docs), encoding="utf-8")
+    import contextlib
+    import io
+
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        model = train_tokenizer(text, folder / "tok700", 700, character_coverage=None, quiet=True)
+    return Tokenizer(model), docs, log.getvalue()
+
+
+def test_large_alphabet_gets_sentencepieces_coverage_or_less_to_fit_the_vocabulary_and_says_so(chinese):
+    tok, docs, log = chinese
+    assert re.search(r"character_coverage 0\.98\d* \(auto: 1,\d{3} distinct characters, a large", log), log
+    assert "lowered so that characters take at most 220 of the 700 pieces" in log
+    coverage, why = auto_character_coverage_of("Once upon a time, there was a cat. " * 100, 4096)
+    assert (coverage, why) == (1.0, "18 distinct characters, an alphabet")
+    coverage, why = auto_character_coverage_of("".join(chinese_documents_text()), 8000)
+    assert coverage == 0.9995 and "lowered" not in why  # room enough: SentencePiece's advice as it is
+
+
+def chinese_documents_text() -> list[str]:
+    from corpora import chinese_documents
+
+    return chinese_documents(1500)
+
+
+def auto_character_coverage_of(text: str, vocab_size: int):
+    import tempfile
+    from pathlib import Path
+
+    from tinyllm.tokenizer import auto_character_coverage
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "t.txt"
+        path.write_text(text, encoding="utf-8")
+        return auto_character_coverage(path, vocab_size)
+
+
+def test_chinese_round_trips_with_rare_characters_spelled_in_bytes(chinese):
+    tok, docs, _ = chinese
+    extra = ["從前有一隻小貓。", "全角标点：「你好！」（测试）；半角: (test).", "罕见字：龘靐齉爩"]
+    extra += ["𠀀𪚥 emoji 🐉"]
+    ids = [tok.encode(t, bos=False, eos=False) for t in docs + extra]
+    assert [tok.decode(i) for i in ids] == docs + extra
+    byte_ids = {i for seq in ids for i in seq if tok.sp.is_byte(i)}
+    assert len(byte_ids) > 20  # the rare characters: each a run of <0xNN> pieces
+    np.testing.assert_array_equal(
+        tok.encode_concat(docs + extra, True, False), reference_concat(tok, docs + extra, True, False)
+    )
+
+
+def bytes_as_runc_decodes(tok: Tokenizer, ids: list[int]) -> bytes:
+    """run.c's decode: a "<0xNN>" piece is that byte; after BOS a leading space is dropped."""
+    tokens, _ = tok.runc_tokens()
+    out, previous = b"", tok.bos_id
+    for i in ids:
+        piece = tokens[i]
+        if re.fullmatch(rb"<0x[0-9A-F]{2}>", piece):
+            piece = bytes([int(piece[3:5], 16)])
+        elif previous == tok.bos_id and piece.startswith(b" "):
+            piece = piece[1:]
+        out += piece
+        previous = i
+    return out
+
+
+def test_runc_hf_and_gguf_tokenizers_carry_the_byte_pieces(chinese):
+    import gguf
+    from tinyllm.export_gguf import token_types
+
+    byte, mark = int(gguf.TokenType.BYTE), WORD_BOUNDARY
+    from tinyllm.export_hf import hf_tokenizer
+
+    tok, docs, _ = chinese
+    texts = docs[:300] + ["罕见字：龘靐齉爩", "𠀀𪚥 emoji 🐉 and English"]
+    fast = hf_tokenizer(tok)
+    types = token_types(tok)
+    pieces = [tok.sp.id_to_piece(i) for i in range(tok.n_words)]
+    for text in texts:
+        ids = tok.encode(text, bos=True, eos=False)
+        # Hugging Face's fast tokenizer (AutoTokenizer loads it from the export): the same ids and text.
+        assert fast.encode(text).ids == ids, text
+        assert fast.decode(ids, skip_special_tokens=True) == text
+        # run.c reads tok{V}.bin: its decoding of the ids gives the text's UTF-8 bytes.
+        assert bytes_as_runc_decodes(tok, ids[1:]).decode("utf-8") == text
+        # GGUF: byte pieces are typed BYTE, so llama.cpp turns <0xNN> back into that byte.
+        spelled = b"".join(
+            bytes([int(pieces[i][3:5], 16)]) if types[i] == byte else pieces[i].replace(mark, " ").encode()
+            for i in ids[1:]
+        )
+        assert spelled.decode("utf-8").removeprefix(" ") == text
+
+
+def test_vocabulary_too_big_for_the_corpus_is_one_line(tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("a tiny corpus of few words\n" * 50)
+    with pytest.raises(ConfigError) as err:
+        train_tokenizer(text, tmp_path / "out" / "tok4096", 4096, quiet=True)
+    message = str(err.value)
+    assert message.startswith("tokenizer.vocab_size 4096 is too big for the corpus: ") and "\n" not in message
+    most = int(re.search(r"at most (\d+) pieces", message).group(1))
+    assert f"lower tokenizer.vocab_size to {most} or less" in message
+    assert Tokenizer(train_tokenizer(text, tmp_path / "out" / "tokmost", most, quiet=True)).n_words == most
+    assert not (tmp_path / "out" / "tok4096.model").exists()
+
+
+def test_too_small_a_vocabulary_at_the_lowest_coverage_does_not_advise_lowering_it(shards_dir, tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
+    with pytest.raises(ConfigError) as err:
+        train_tokenizer(text, tmp_path / "tok260", 260, character_coverage=0.98, quiet=True)
+    assert "raise tokenizer.vocab_size to at least" in str(err.value)
+    assert "character_coverage (not below" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"lower tokenizer.character_coverage \(not below 0.98\)"):
+        train_tokenizer(text, tmp_path / "tok260", 260, character_coverage=1.0, quiet=True)

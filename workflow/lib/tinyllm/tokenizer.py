@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
+import math
 import os
 import re
 import struct
@@ -58,11 +60,8 @@ def train_tokenizer(
     if not text_path.is_file():
         raise FileNotFoundError(f"tokenizer training text not found: {text_path}")
     if character_coverage is None:
-        character_coverage, distinct = auto_character_coverage(text_path)
-        why = "a large alphabet, as Chinese or Japanese" if character_coverage < 1 else "an alphabet"
-        print(f"tokenizer: character_coverage {character_coverage:g} (auto: {distinct:,} distinct "
-              f"characters, {why}; SentencePiece recommends 0.9995 for CJK, 1.0 otherwise)",
-              file=sys.stderr)  # fmt: skip
+        character_coverage, why = auto_character_coverage(text_path, vocab_size)
+        print(f"tokenizer: character_coverage {character_coverage:g} (auto: {why})", file=sys.stderr)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     tmp_prefix = model_prefix.with_name(f".{model_prefix.name}.tmp{os.getpid()}")
     try:
@@ -121,18 +120,34 @@ def train_tokenizer(
     return Path(f"{model_prefix}.model")
 
 
-def auto_character_coverage(text_path: str | os.PathLike) -> tuple[float, int]:
-    """(character_coverage, distinct characters) for a training text: LARGE_ALPHABET_COVERAGE when its first
-    COVERAGE_SAMPLE_BYTES hold LARGE_ALPHABET distinct characters or more, else 1.0."""
-    seen: set[str] = set()
+def auto_character_coverage(text_path: str | os.PathLike, vocab_size: int) -> tuple[float, str]:
+    """character_coverage for a training text, and why (for the log).
+
+    An alphabet (fewer than LARGE_ALPHABET distinct characters in the first COVERAGE_SAMPLE_BYTES) gets 1.0:
+    every character a piece. A large one (Chinese, Japanese) gets SentencePiece's 0.9995, lowered (not below
+    MIN_CHARACTER_COVERAGE) where the characters that covers would take more than half of the vocabulary's
+    pieces beyond the byte and control ones, leaving too little room for merges; the rarest characters are
+    then spelled in bytes.
+    """
+    counts: collections.Counter[str] = collections.Counter()
     with open(text_path, encoding="utf-8") as f:
         while block := f.read(1 << 20):
-            seen.update(block)
+            counts.update(block)
             if f.tell() >= COVERAGE_SAMPLE_BYTES:
                 break
-    seen.discard("\n")
-    coverage = LARGE_ALPHABET_COVERAGE if len(seen) >= LARGE_ALPHABET else 1.0
-    return coverage, len(seen)
+    counts.pop("\n", None)
+    distinct = len(counts)
+    if distinct < LARGE_ALPHABET:
+        return 1.0, f"{distinct:,} distinct characters, an alphabet"
+    budget = max((vocab_size - 259) // 2, 1)  # 259: <unk>, <s>, </s> and the 256 byte pieces
+    frequencies = sorted(counts.values(), reverse=True)
+    fits = sum(frequencies[:budget]) / sum(frequencies)  # the share the budget's characters cover
+    coverage = max(MIN_CHARACTER_COVERAGE, min(LARGE_ALPHABET_COVERAGE, math.floor(fits * 1e4) / 1e4))
+    why = f"{distinct:,} distinct characters, a large alphabet as Chinese or Japanese; SentencePiece advises "
+    why += "0.9995"
+    if coverage < LARGE_ALPHABET_COVERAGE:
+        why += f", lowered so that characters take at most {budget:,} of the {vocab_size:,} pieces"
+    return coverage, why
 
 
 class Tokenizer:
