@@ -11,7 +11,8 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "lib"))
 from tinyllm.config import check_config_files, validate_config
-from tinyllm.errors import ConfigError
+from tinyllm.errors import ConfigError, TinyllmError
+from tinyllm.onstart import on_start
 
 # The repository's config.yaml is the base wherever Snakemake runs (--directory too); --configfile and
 # --config go on top. Each file is read strictly first: a tab, a syntax error or a key given twice is one line.
@@ -42,6 +43,15 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/experiments.smk"
+
+
+# Before the first job: every output writable (one line naming the path in the way), a killed writer's
+# temporaries gone, and SIGTERM/SIGINT sent to Snakemake alone passed on to the running jobs.
+onstart:
+    try:
+        on_start(workflow)
+    except TinyllmError as err:
+        raise WorkflowError(str(err)) from None
 
 
 # Light rules run on the submit host under a cluster executor (profiles/slurm); download needs its internet.
