@@ -240,3 +240,66 @@ def test_corrupt_byte_in_the_middle_is_refused(archive_bytes, tmp_path):
     with pytest.raises(DownloadError) as err:
         download_archive(str(path), tmp_path / "out" / "archive.tar.gz")
     assert_refused_without_output(err, str(path), "", tmp_path / "out")
+
+
+# --- corpus sources: any file, checked as its name says; faults in one line ---------------------------------
+
+
+def test_a_refused_connection_on_this_machine_is_not_retried(tmp_path, capfd):
+    """Nothing listens at a local port: waiting a minute of backoff would not change that (issue 18)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/forum.jsonl.gz"
+    with pytest.raises(DownloadError, match=rf"nothing listens at 127.0.0.1:{port} on this machine") as err:
+        download_archive(url, tmp_path / "forum.jsonl.gz", retries=5, backoff=30.0, progress=False)
+    assert_one_line_naming(err, url)
+    assert "retrying" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["forum.jsonl.gz", "books.zip", "notes.txt.xz"])
+def test_a_compressed_source_is_checked_to_its_end(name, tmp_path):
+    import io
+    import lzma
+    import zipfile
+
+    body = b'{"text": "hello"}\n' * 2000
+    if name.endswith(".gz"):
+        whole = gzip.compress(body)
+    elif name.endswith(".xz"):
+        whole = lzma.compress(body)
+    else:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("a.jsonl", body)
+        whole = buffer.getvalue()
+    with FileServer({f"/{name}": whole, f"/cut-{name}": whole[: len(whole) // 2]}) as server:
+        out = download_archive(server.url(f"/{name}"), tmp_path / name, sha256=sha256(whole), **FAST)
+        assert out.read_bytes() == whole
+        with pytest.raises(DownloadError, match=f"not a whole {name.rsplit('.', 1)[1]} file") as err:
+            download_archive(server.url(f"/cut-{name}"), tmp_path / "cut" / name, **FAST)
+        assert_one_line_naming(err, server.url(f"/cut-{name}"))
+    assert list((tmp_path / "cut").iterdir()) == []
+
+
+def test_plain_files_are_checked_by_sha256_only(tmp_path):
+    with FileServer({"/a.jsonl": b'{"text": "x"}\n'}) as server:
+        download_archive(server.url("/a.jsonl"), tmp_path / "a.jsonl", **FAST)
+        with pytest.raises(DownloadError, match="sha256 mismatch"):
+            download_archive(server.url("/a.jsonl"), tmp_path / "b.jsonl", sha256="0" * 64, **FAST)
+    assert (tmp_path / "a.jsonl").read_bytes() == b'{"text": "x"}\n'
+
+
+def test_a_full_disk_during_download_names_the_part_file(small_disk):
+    """A 3 MB filesystem and a 4 MB download: one line naming the .part file; what it holds is kept, so the
+    next run resumes once there is room."""
+    from tinyllm.errors import DiskFullError
+
+    body = bytes(range(256)) * (4 << 12)
+    output = small_disk / "forum.jsonl"
+    with FileServer({"/forum.jsonl": body}) as server:
+        with pytest.raises(DiskFullError) as err:
+            download_archive(server.url("/forum.jsonl"), output, **FAST)
+    message = str(err.value)
+    assert f"no space left on device while writing {part_path(output)}" in message and "\n" not in message
+    assert not output.exists()
