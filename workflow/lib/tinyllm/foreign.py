@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from tinyllm.checkpoint import read_checkpoint, save_checkpoint, strip_wrapper_prefixes, weights_checkpoint
-from tinyllm.errors import CheckpointError, one_line
+from tinyllm.errors import CheckpointError, OutputError, one_line
 from tinyllm.export_hf import HF_LAYER_NAMES, HF_TOP_NAMES, half_to_interleaved_rotary
 from tinyllm.export_runc import (
     RUNC_HEADER_FIELDS,
@@ -37,6 +37,7 @@ from tinyllm.export_runc import (
     read_runc_header,
     runc_file_size,
 )
+from tinyllm.files import check_writable
 from tinyllm.model import ROPE_THETA, ModelArgs, Transformer
 
 LLAMA2C_EXPORT_MAGIC = 0x616B3432  # "ak42": llama2.c export.py's version 1 and 2 files start with it
@@ -74,7 +75,16 @@ def load_foreign_checkpoint(path: str | os.PathLike) -> ForeignCheckpoint:
 
 
 def import_checkpoint(source: str | os.PathLike, dest: str | os.PathLike) -> ForeignCheckpoint:
-    """`tinyllm import`: source's model as a checkpoint of ours at dest (no config, iteration 0)."""
+    """`tinyllm import`: source's model as a checkpoint of ours at dest (no config, iteration 0).
+
+    dest is checked first, so that a folder or an unwritable place is one line before any conversion.
+    """
+    dest = Path(dest)
+    if dest.is_dir():
+        raise OutputError(
+            f"{dest} is a folder: name the checkpoint file to write (e.g. {dest / 'model.pt'})"
+        )
+    check_writable(dest)
     checkpoint = load_foreign_checkpoint(source)
     model = Transformer(checkpoint.model_args)
     model.load_state_dict(checkpoint.state_dict)
