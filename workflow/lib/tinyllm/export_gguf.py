@@ -16,6 +16,7 @@ token as well: llama.cpp recognises it by its text.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -124,8 +125,13 @@ def export_gguf(
     for name, array in gguf_tensors(model).items():
         writer.add_tensor(name, array)
     with atomic_path(path) as tmp:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        try:
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+        except BaseException:
+            with contextlib.suppress(OSError):  # closed all the same; its buffer cannot reach a full disk
+                writer.close()
+            raise
     return Path(path)

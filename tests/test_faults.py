@@ -1,0 +1,446 @@
+"""The fault suite: every fault a user can make ends in one line that names the file, the line or the key, and
+loses nothing already produced.
+
+One test (or one parametrized test) per row of issue 18, each with the fault, the line the user sees and the
+proof that the earlier outputs and the training state are intact. Disk cases run on real filesystems (a
+small tmpfs, a read-only bind mount: root only, skipped elsewhere), signal cases on real processes.
+README.md's "What happens when" table lists the same faults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import (
+    REPO,
+    SNAKEFILE,
+    SNAKEMAKE,
+    TINY_CONFIG,
+    make_random_model,
+    run_snakemake,
+    stop_group,
+    tail,
+    write_tiny_config,
+    write_yaml,
+)
+
+TRAIN_OUTPUTS = ("ckpt.pt", "best.pt", "metrics.csv", "loss.png")
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under folder: what "nothing lost" compares."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def earlier_outputs(workdir: Path) -> dict[str, str]:
+    """A workdir with a trained run's outputs and an export in place (stand-ins: what a config fault must
+    not touch), as {relative path: sha256}."""
+    for name in TRAIN_OUTPUTS:
+        path = workdir / "results/train" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"earlier {name}".encode())
+    (workdir / "results/train/state").mkdir()
+    (workdir / "results/train/state/state.pt").write_bytes(b"earlier training state")
+    (workdir / "results/export").mkdir(parents=True)
+    (workdir / "results/export/model.bin").write_bytes(b"earlier export")
+    return tree_digest(workdir / "results")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """The workflow (Snakefile, config.yaml, rules, scripts, lib, envs, profiles) copied: its Snakefile."""
+    dest.mkdir(parents=True)
+    for name in ("Snakefile", "config.yaml", "workflow", "envs", "profiles"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest / "Snakefile"
+
+
+def failed_run(workdir: Path, *args: str, configfiles=(), snakefile: Path = SNAKEFILE) -> str:
+    """A real (not dry) `snakemake --cores 1` that must fail; its console, stdout and stderr together."""
+    out = run_snakemake(
+        workdir, "--cores", "1", *args, configfiles=configfiles, snakefile=snakefile, check=False
+    )
+    console = out.stdout + out.stderr
+    assert out.returncode != 0, f"the run succeeded:\n{tail(console)}"
+    assert "Traceback" not in console, tail(console)
+    return console
+
+
+# --- 1. the repository's config.yaml is the base wherever Snakemake runs ----------------------------------
+
+
+def test_config_yaml_is_the_base_under_another_directory_and_configfile(tmp_path):
+    """`snakemake -d OTHER --configfile mine.yaml` used to drop config.yaml without a word."""
+    snakefile = copy_workflow(tmp_path / "repo")
+    config_yaml = tmp_path / "repo/config.yaml"
+    config_yaml.write_text(config_yaml.read_text().replace("max_iters: 100000", "max_iters: 777"))
+    mine = write_yaml(tmp_path / "mine.yaml", {"train": {"seed": 7}})
+    other = tmp_path / "other"
+    other.mkdir()
+    run_snakemake(
+        other, "--cores", "1", "results/report/config.yaml", configfiles=(mine,), snakefile=snakefile
+    )
+    used = yaml.safe_load((other / "results/report/config.yaml").read_text())
+    assert used["train"]["max_iters"] == 777  # from the repository's config.yaml
+    assert used["train"]["seed"] == 7  # from mine.yaml, on top
+
+
+# --- 2. a key given twice in a config file ------------------------------------------------------------------
+
+DUPLICATES = {
+    "two train blocks": (
+        "train:\n  max_iters: 40\nsample:\n  num_samples: 1\ntrain:\n  seed: 3\n",
+        "line 5: key 'train' given twice (first on line 1)",
+    ),
+    "an experiment named twice": (
+        "experiments:\n  muon: {train: {optimizer: muon}}\n  wsd: {train: {lr_schedule: wsd}}\n"
+        "  muon: {train: {learning_rate: 1.0e-3}}\n",
+        "line 4: key 'muon' given twice (first on line 2)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DUPLICATES))
+def test_a_key_given_twice_names_the_file_the_line_and_the_key(case, tmp_path):
+    text, where = DUPLICATES[case]
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(text)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    before = earlier_outputs(workdir)
+    console = failed_run(workdir, configfiles=(TINY_CONFIG, mine))
+    assert f"invalid config: {mine}, {where}; YAML would keep only the last: merge or rename them" in console
+    assert tree_digest(workdir / "results") == before
+
+
+# --- 3. a tab or a syntax error in config.yaml --------------------------------------------------------------
+
+BROKEN_YAML = {
+    "tab": ("  seed: 1337", "\tseed: 1337", "column 1: a tab, which YAML does not allow for indenting"),
+    "unclosed bracket": (
+        "    - One day, Lily met a Shoggoth",
+        "    - [One day, Lily met a Shoggoth",
+        "expected ',' or ']', but got",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_YAML))
+def test_broken_yaml_in_config_yaml_names_the_file_and_the_line(case, tmp_path):
+    good, bad, problem = BROKEN_YAML[case]
+    snakefile = copy_workflow(tmp_path / "repo")
+    config_yaml = tmp_path / "repo/config.yaml"
+    lines = config_yaml.read_text().splitlines(keepends=True)
+    line = next(i for i, text in enumerate(lines) if text.rstrip("\n") == good) + 1
+    config_yaml.write_text(config_yaml.read_text().replace(good, bad, 1))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    before = earlier_outputs(workdir)
+    console = failed_run(workdir, configfiles=(TINY_CONFIG,), snakefile=snakefile)
+    found = re.search(rf"invalid config: {re.escape(str(config_yaml))}, line (\d+), (.*)", console)
+    assert found, tail(console)
+    assert problem in found[0]
+    # The line named is the bad one (a tab), or where YAML noticed the unclosed bracket (the next key).
+    assert int(found[1]) == line if case == "tab" else int(found[1]) > line
+    assert tree_digest(workdir / "results") == before
+
+
+# --- 5. experiment names ------------------------------------------------------------------------------------
+
+NAMES = {
+    "compare.png": "experiments: 'compare.png' is reserved (the comparison's output "
+    "results/experiments/compare.png): choose another name",
+    "main": "experiments: 'main' is reserved (the comparison's name for the main run): choose another name",
+    "123": "experiments: YAML reads the name 123 as a number, not text: quote it ('123': ...)",
+    "true": "experiments: YAML reads the name true as a boolean, not text: quote it ('true': ...)",
+    "../up": "experiments: '../up' is not a valid experiment name: use letters, digits, '.', '_' and '-', "
+    "starting with a letter or digit, at most 64 characters",
+}
+
+
+@pytest.mark.parametrize("name", list(NAMES))
+def test_an_unsafe_experiment_name_is_one_line(name, tmp_path):
+    """compare.png used to end in a ChildIOException, 123 and true in a KeyError."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"experiments:\n  {name}: {{train: {{optimizer: muon}}}}\n")
+    out = run_snakemake(tmp_path, "--dry-run", configfiles=(mine,), check=False)
+    assert out.returncode != 0
+    assert f"invalid config: {NAMES[name]}" in out.stdout + out.stderr, tail(out.stdout + out.stderr)
+
+
+def test_experiment_names_that_one_folder_would_hold_are_refused(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("experiments:\n  Muon: {train: {optimizer: muon}}\n  muon: {}\n")
+    out = run_snakemake(tmp_path, "--dry-run", configfiles=(mine,), check=False)
+    assert out.returncode != 0
+    assert "invalid config: experiments: 'Muon' and 'muon' differ only in case" in out.stdout + out.stderr
+
+
+# --- 8. train.init_from at the run's own output -------------------------------------------------------------
+
+OWN_OUTPUTS = {
+    "own ckpt.pt": (
+        {"train": {"init_from": "results/train/ckpt.pt"}},
+        "train.init_from: results/train/ckpt.pt is written by the main run (results/train) itself",
+    ),
+    "own export": (
+        {"train": {"init_from": "./results/export/model.bin"}},
+        "train.init_from: ./results/export/model.bin is written by the main run (results/train) itself",
+    ),
+    "an experiment's own": (
+        {"experiments": {"wide": {"train": {"init_from": "results/experiments/wide/best.pt"}}}},
+        "experiments.wide.train.init_from: results/experiments/wide/best.pt is written by experiment wide",
+    ),
+    "a cycle through an experiment": (
+        {
+            "train": {"init_from": "results/experiments/a/ckpt.pt"},
+            "experiments": {"a": {"train": {"init_from": "results/train/ckpt.pt"}}},
+        },
+        "train.init_from: results/experiments/a/ckpt.pt is made from this run's own output, a cycle "
+        "(the main run (results/train) -> experiment a (results/experiments/a) -> the main run",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OWN_OUTPUTS))
+def test_init_from_the_runs_own_output_is_refused_and_its_outputs_stay(case, tmp_path):
+    """Snakemake used to report a cycle, carry on and delete ckpt.pt, best.pt, metrics.csv and loss.png."""
+    changes, line = OWN_OUTPUTS[case]
+    mine = write_yaml(tmp_path / "mine.yaml", changes)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    before = earlier_outputs(workdir)
+    console = failed_run(workdir, configfiles=(TINY_CONFIG, mine))
+    assert f"invalid config: {line}" in console, tail(console)
+    assert "point it at a file the pipeline does not write" in console
+    assert tree_digest(workdir / "results") == before
+
+
+# --- 9. temporaries a killed writer left ------------------------------------------------------------------
+
+WRITER = """
+import sys, time
+sys.path.insert(0, {lib!r})
+from tinyllm.files import atomic_output
+with atomic_output({path!r}) as f:
+    f.write(b"x" * 1_000_000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def start_writer(path: Path) -> subprocess.Popen:
+    """A process midway through writing path with atomic_output (its temporary written, not renamed)."""
+    code = WRITER.format(lib=str(REPO / "workflow/lib"), path=str(path))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "writing\n"
+    return proc
+
+
+def test_a_killed_writers_temporary_goes_and_a_live_writers_stays(tmp_path):
+    from tinyllm.files import remove_stale_temporaries
+
+    (tmp_path / "state.pt").write_bytes(b"the last good state")
+    (tmp_path / ".notes.tmp").write_bytes(b"not ours")  # not atomic_path's naming
+    killed = start_writer(tmp_path / "state.pt")
+    killed.send_signal(signal.SIGKILL)  # as in the middle of a state save
+    killed.wait()
+    live = start_writer(tmp_path / "best.pt")
+    try:
+        temporaries = sorted(p.name for p in tmp_path.glob(".*.tmp") if p.name != ".notes.tmp")
+        assert [name.split(".")[1] for name in temporaries] == ["best", "state"]
+        removed = remove_stale_temporaries(tmp_path)
+        assert [(p.name.split(".")[1], size) for p, size in removed] == [("state", 1_000_000)]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [".notes.tmp", "state.pt", next(n for n in temporaries if n.startswith(".best.pt."))]
+        )
+        assert (tmp_path / "state.pt").read_bytes() == b"the last good state"
+    finally:
+        live.kill()
+        live.wait()
+
+
+# --- 10. filesystem faults ----------------------------------------------------------------------------------
+
+
+def test_a_full_disk_during_the_gguf_export_names_the_file_and_keeps_the_old_one(small_disk, small_tokenizer):
+    """gguf writes tensors with numpy's tofile, whose short write used to be "32768 requested and 31608
+    written": no file named, no word of the disk."""
+    from tinyllm.errors import DiskFullError
+    from tinyllm.export_gguf import export_gguf
+
+    path = small_disk / "model.gguf"
+    path.write_bytes(b"the earlier export")
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize - 200_000))
+    with pytest.raises(DiskFullError) as caught:
+        export_gguf(make_random_model(vocab_size=512), small_tokenizer, path)
+    assert str(caught.value) == f"no space left on device while writing {path}"
+    assert path.read_bytes() == b"the earlier export"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "model.gguf"]
+
+
+# --- 12. tinyllm import into a folder ---------------------------------------------------------------------
+
+
+def test_import_into_an_existing_folder_is_one_line(tmp_path, capsys):
+    from tinyllm import cli
+    from tinyllm.export_runc import export_runc
+
+    source = tmp_path / "model.bin"
+    export_runc(make_random_model(), source)
+    dest = tmp_path / "imported"
+    dest.mkdir()
+    (dest / "kept.txt").write_text("already here")
+    assert cli.main(["import", str(source), str(dest)]) == 2
+    err = capsys.readouterr().err
+    example = dest / "model.pt"
+    assert err == f"tinyllm import: {dest} is a folder: name the checkpoint file to write (e.g. {example})\n"
+    assert [p.name for p in dest.iterdir()] == ["kept.txt"]
+
+
+# --- end to end: a finished tiny run, then faults on copies of it -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, shards_dir):
+    """The tiny config run through the whole DAG once: (workdir, config)."""
+    root = tmp_path_factory.mktemp("faults")
+    config = write_tiny_config(shards_dir, root)
+    workdir = root / "run"
+    workdir.mkdir()
+    run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", configfiles=(config,), timeout=900)
+    return workdir, config
+
+
+def copy_run(finished, dest: Path) -> Path:
+    shutil.copytree(finished[0], dest, symlinks=True)
+    return dest
+
+
+@pytest.mark.slow
+def test_a_file_where_the_export_folder_belongs_is_one_line(finished, tmp_path):
+    """results/export as a file used to end in Snakemake's 60-line traceback."""
+    workdir = copy_run(finished, tmp_path / "run")
+    shutil.rmtree(workdir / "results/export")
+    (workdir / "results/export").write_text("a file of the user's")
+    before = tree_digest(workdir / "results")
+    console = failed_run(workdir, configfiles=(finished[1],))
+    assert re.search(
+        r"cannot write results/export/\S+: results/export is a file where a folder belongs: move or delete",
+        console,
+    ), tail(console)
+    assert tree_digest(workdir / "results") == before
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Bind-mounts folders read-only (root only); unmounts them afterwards."""
+    mounted = []
+
+    def mount(folder: Path) -> None:
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip("a read-only bind mount needs root")
+        done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+        mounted.append(folder)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_read_only_results_folder_is_one_line(finished, tmp_path, read_only):
+    workdir = copy_run(finished, tmp_path / "run")
+    (workdir / "results/samples.txt").unlink()  # something to redo
+    before = tree_digest(workdir / "results")
+    read_only(workdir / "results")
+    console = failed_run(workdir, configfiles=(finished[1],))
+    assert "cannot write results/samples.txt: results is on a read-only filesystem" in console, tail(console)
+    assert tree_digest(workdir / "results") == before
+
+
+@pytest.mark.slow
+def test_a_killed_exports_temporary_goes_when_the_export_is_redone(finished, tmp_path):
+    workdir = copy_run(finished, tmp_path / "run")
+    export = workdir / "results/export"
+    (export / "model.gguf").unlink()
+    leftover = export / ".model.gguf.k1ll3d00.tmp"  # what a SIGKILL in the middle of the export leaves
+    leftover.write_bytes(b"\0" * 4096)
+    run_snakemake(workdir, "--cores", "1", "results/export/model.gguf", configfiles=(finished[1],))
+    assert not leftover.exists() and (export / "model.gguf").stat().st_size > 0
+
+
+# --- 13 and 14. SIGTERM or SIGINT to a local Snakemake alone ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_to_snakemake_alone_stops_training_with_its_line_and_keeps_the_state(
+    signum, finished, tmp_path
+):
+    """Training used to be told nothing and run to its end; Snakemake then exited 1 anyway."""
+    workdir = copy_run(finished, tmp_path / "run")
+    longer = write_yaml(tmp_path / "longer.yaml", {"train": {"max_iters": 400, "eval_interval": 10}})
+    configs = (finished[1], longer)
+    data_before = tree_digest(workdir / "results/tok512")
+    state = workdir / "results/train/state/state.pt"
+    cmd = [*SNAKEMAKE, "results/train/ckpt.pt", "--snakefile", str(SNAKEFILE), "--directory", str(workdir)]
+    cmd += ["--cores", "2", "--configfile", *map(str, configs)]
+    console_path = tmp_path / "console.txt"
+    started = time.time()
+    with open(console_path, "w") as console_file:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=console_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while not (state.exists() and state.stat().st_mtime > started):  # the new run saved a state
+            assert proc.poll() is None, f"the run ended before a state:\n{tail(console_path.read_text())}"
+            assert time.monotonic() < deadline, f"no state saved:\n{tail(console_path.read_text())}"
+            time.sleep(0.05)
+        os.kill(proc.pid, signum)  # Snakemake alone, not its process group
+        returncode = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            stop_group(proc)
+    console = console_path.read_text()
+    name = signal.Signals(signum).name
+    found = re.search(rf"error: training stopped by {name} at iteration (\d+); rerun to resume\n", console)
+    assert returncode != 0 and found, tail(console)
+    stopped_at = int(found[1])
+    assert 10 <= stopped_at < 400, "training was not stopped midway"
+    assert "Traceback" not in console
+    log = (workdir / "logs/train/train.log").read_text()
+    assert log.endswith(found[0]) and "Traceback" not in log
+    # Nothing lost: the state of the step it stopped at, the data; no half-written outputs.
+    assert torch.load(state, weights_only=True)["iter_num"] == stopped_at
+    assert tree_digest(workdir / "results/tok512") == data_before
+    assert not any((workdir / "results/train" / name).exists() for name in TRAIN_OUTPUTS)
+    # The rerun resumes from there and finishes.
+    run_snakemake(workdir, "--cores", "2", "results/train/ckpt.pt", configfiles=configs)
+    rerun_log = (workdir / "logs/train/train.log").read_text()
+    assert f"resuming from results/train/state/state.pt at iteration {stopped_at}" in rerun_log
+    assert torch.load(workdir / "results/train/ckpt.pt", weights_only=True)["iter_num"] == 400
