@@ -301,3 +301,34 @@ def test_write_samples_refuses_a_mismatched_tokenizer_or_missing_checkpoint(smal
     with pytest.raises(CheckpointError, match="no checkpoint at .*missing.pt.*snakemake"):
         write_samples(tmp_path / "missing.pt", small_tokenizer, tmp_path / "s.txt", settings)
     assert not (tmp_path / "s.txt").exists()
+
+
+# --- int8 weights ------------------------------------------------------------------------------------------
+
+
+def test_int8_rows_are_within_half_a_step_and_the_int8_decoder_follows_the_float_one():
+    from tinyllm.quantize import quantize_rows
+
+    weight = torch.randn(48, 64) * torch.logspace(-3, 1, 48)[:, None]  # rows of very different scales
+    q, scale = quantize_rows(weight)
+    assert q.dtype == torch.int8 and q.abs().max() == 127
+    assert ((q.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-7).all()
+    model = random_model(seed=3, scale=3.0)
+    tokens = random_tokens(2)
+    exact = Decoder(model, 2).prefill(tokens, all_positions=True)
+    int8 = Decoder(model, 2, int8=True).prefill(tokens, all_positions=True)
+    relative = ((int8 - exact).norm() / exact.norm()).item()
+    assert 0 < relative < 0.03, relative
+
+
+def test_int8_keeps_val_bits_per_byte_within_one_percent(trained, shards_dir, small_tokenizer, tmp_path):
+    from tinyllm.quantize import int8_quality
+
+    model, tokenizer = trained
+    stories = load_stories(shards_dir / "data00.json")[:200]
+    tokenizer.encode_concat(stories, bos=True, eos=False).astype("<u2").tofile(tmp_path / "data00.bin")
+    save_checkpoint(model, tmp_path / "ckpt.pt")
+    figures = int8_quality(tmp_path / "ckpt.pt", tmp_path / "data00.bin", small_tokenizer, windows=64)
+    assert 1.0 < figures["float32_bpb"] < 3.0, figures  # a model that learned something
+    assert abs(figures["int8_bpb_change"]) < 0.01, figures
+    assert figures["int8_bpb"] != figures["float32_bpb"]  # int8 did run

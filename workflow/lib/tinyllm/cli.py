@@ -1,8 +1,9 @@
-"""The `tinyllm` command: `tinyllm bench`, `tinyllm sample` and `tinyllm import`."""
+"""The `tinyllm` command: `tinyllm bench`, `tinyllm sample`, `tinyllm serve` and `tinyllm import`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto", help="auto (cuda if there, else cpu), cpu, cuda[:N], mps")
     sample.add_argument("--no-stop", action="store_true", help="go on past the story's end (BOS)")
     sample.add_argument("--int8", action="store_true", help="decode with int8 weights (CPU only)")
+
+    add_serve_parser(sub)
 
     imports = sub.add_parser(
         "import",
@@ -100,6 +103,54 @@ def sample_knob(key: str):
     return parse
 
 
+def add_serve_parser(sub) -> None:
+    from tinyllm.completions_api import Limits
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model: an OpenAI-compatible API and a page to play with it",
+        description="Serve a checkpoint (the main run's, an experiment's or an imported model) over HTTP: "
+        "POST /v1/completions and GET /v1/models as OpenAI's API has them, and at / a page that writes "
+        "stories as you watch. Concurrent requests are decoded together (continuous batching).",
+    )
+    serve.add_argument(
+        "checkpoint", nargs="?", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}"
+    )
+    serve.add_argument(
+        "--tokenizer", help="SentencePiece model (default: the pipeline's, found as for sample)"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 = any free one)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("TINYLLM_API_KEY") or None,
+        help="require 'Authorization: Bearer KEY' on every API request (default: $TINYLLM_API_KEY, else off)",
+    )
+    serve.add_argument("--int8", action="store_true", help="decode with int8 weights (CPU only)")
+    serve.add_argument("--device", default="auto", help="auto (cuda if there, else cpu), cpu, cuda[:N], mps")
+    serve.add_argument("--threads", type=_positive_int, help="torch threads for decoding (default: torch's)")
+    limits = Limits()
+    for flag, meaning in (
+        ("--max-batch", "completions decoded together"),
+        ("--max-queue", "completions waiting for a free slot; past it requests get 429"),
+        ("--max-tokens", "tokens one completion may ask for"),
+        ("--max-prompt-tokens", "prompt tokens (BOS included), at most the model's context"),
+        ("--max-choices", "choices one request may ask for (prompts x n)"),
+    ):
+        default = getattr(limits, flag.removeprefix("--").replace("-", "_"))
+        shown = "the model's context" if default is None else default
+        serve.add_argument(flag, type=_positive_int, default=default, help=f"{meaning} (default {shown})")
+
+
+def _port(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
 def _number(text: str, kind: type) -> int | float:
     try:
         return kind(text)
@@ -140,6 +191,28 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from tinyllm.completions_api import Limits
+    from tinyllm.serve import load_service, serve
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    limits = Limits(
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens=args.max_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_choices=args.max_choices,
+    )
+    service = load_service(
+        args.checkpoint, SAMPLE_DEFAULTS, args.tokenizer, args.device, args.int8, limits, args.api_key
+    )
+    serve(service, args.host, args.port, say=lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
+
+
 def run_import(args: argparse.Namespace) -> int:
     from tinyllm.foreign import import_checkpoint
 
@@ -159,7 +232,7 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"bench": run_bench, "sample": run_sample, "import": run_import}
+COMMANDS = {"bench": run_bench, "sample": run_sample, "serve": run_serve, "import": run_import}
 
 
 def main(argv: list[str] | None = None) -> int:
