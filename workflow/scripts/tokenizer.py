@@ -3,6 +3,7 @@
 import sys
 
 from _rule import smk
+from tinyllm.corpus import peak_memory_mb
 from tinyllm.tokenizer import Tokenizer, train_tokenizer
 
 prefix = smk.output.model.removesuffix(".model")
@@ -19,3 +20,4 @@ train_tokenizer(
 )
 Tokenizer(smk.output.model).export_runc(smk.output.runc)
 print(f"tokenizer: {prefix}.model/.vocab and {smk.output.runc}", file=sys.stderr)
+print(f"tokenizer: peak memory {peak_memory_mb():.0f} MB", file=sys.stderr)

@@ -503,13 +503,25 @@ def bench_sample(threads: int) -> dict[str, float]:
     return figures
 
 
+@group("data")
+def bench_data(threads: int) -> dict[str, float]:
+    """The data stage on a synthetic JSON Lines corpus of TINYLLM_BENCH_DATA_GB (default 2) on `threads`
+    cores, and prepare and pretokenize per process against TinyStories' old path (tinyllm.databench)."""
+    from tinyllm.databench import bench_data as run_data_bench
+
+    return run_data_bench(threads)
+
+
+HEAVY = {"data"}  # writes gigabytes and runs minutes: only when named
+
+
 def run(groups: list[str], threads: int) -> dict[str, float]:
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise ConfigError(f"unknown bench group {unknown[0]!r}; choose from {', '.join(GROUPS)}")
     torch.set_num_threads(threads)
     figures: dict[str, float] = {}
-    for name in groups or list(GROUPS):
+    for name in groups or [g for g in GROUPS if g not in HEAVY]:
         figures.update(GROUPS[name](threads))
     return figures
 

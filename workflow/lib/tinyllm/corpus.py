@@ -179,6 +179,14 @@ class SeenHashes:
         return mask
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MB (ru_maxrss; the data rules log it)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # kB on Linux, bytes on macOS
+
+
 def text_hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 

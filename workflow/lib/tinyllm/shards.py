@@ -22,7 +22,7 @@ from tinyllm.files import atomic_output
 from tinyllm.tokenizer import MAX_SENTENCE_LENGTH, Tokenizer
 
 UINT16_VOCAB_LIMIT = 1 << 16
-ENCODE_BATCH = 8192  # documents encoded at a time while pretokenizing: bounds memory whatever the shard size
+ENCODE_BATCH = 2048  # documents encoded at a time while pretokenizing: bounds memory whatever the shard size
 
 
 # --- stories, tiny.txt, pretokenize ------------------------------------------------------------------------
