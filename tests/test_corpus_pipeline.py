@@ -133,3 +133,12 @@ def test_corpus_edits_rerun_prepare_and_what_follows_nothing_before(zh_run):
     records = json.loads(edited.read_text())
     edited.write_text(json.dumps(records[:-1], ensure_ascii=False))  # one letter fewer
     assert downstream <= set(pending_jobs(workdir, config_path))
+
+
+def test_the_report_shows_the_corpus(zh_run, tmp_path):
+    workdir, config_path, _ = zh_run
+    page = tmp_path / "report.html"
+    run_snakemake(workdir, "--report", str(page), configfiles=(config_path,))
+    text = " ".join(page.read_text(encoding="utf-8").replace("\\n", " ").split())
+    assert "a corpus of 2 source(s) (data.sources)" in text
+    assert "corpus.html" in text and "duplicates and empty documents dropped" in text
