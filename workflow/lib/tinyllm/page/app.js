@@ -91,7 +91,7 @@ async function write(event) {
         if (chunk.error) throw new Error(chunk.error.message);
         const choice = chunk.choices[0];
         first ??= performance.now();
-        tokens += 1;
+        if (!(choice.finish_reason && choice.text === "")) tokens += 1; // a bare end carries no token
         written.textContent += choice.text;
         if (choice.finish_reason) finish = choice.finish_reason;
         setStatus("writing", `writing… ${tokens} tokens, ${rate()} tokens/s`);
