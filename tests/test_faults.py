@@ -299,6 +299,49 @@ def test_a_full_disk_during_the_gguf_export_names_the_file_and_keeps_the_old_one
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "model.gguf"]
 
 
+# --- 11. tinyllm sample with a damaged tokenizer or a foreign model -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["run.c model.bin", "Hugging Face folder"])
+def test_sample_given_a_foreign_model_says_tinyllm_import_converts_it(
+    kind, small_tokenizer, tmp_path, capsys
+):
+    """Used to be a torch mmap error (model.bin) or "run snakemake first" (a folder)."""
+    from tinyllm import cli
+    from tinyllm.export_hf import export_hf
+    from tinyllm.export_runc import export_runc
+
+    model = make_random_model()
+    if kind == "run.c model.bin":
+        source, words = export_runc(model, tmp_path / "model.bin"), "a llama2.c run.c model.bin"
+    else:
+        source, words = export_hf(model, small_tokenizer, tmp_path / "hf"), "a Hugging Face model folder"
+    before = tree_digest(tmp_path)
+    assert cli.main(["sample", "--checkpoint", str(source), "--tokenizer", str(small_tokenizer)]) == 2
+    assert capsys.readouterr().err == (
+        f"tinyllm sample: {source} is {words}, a foreign format: convert it with "
+        f"`tinyllm import {source} model.pt`, then pass model.pt\n"
+    )
+    assert tree_digest(tmp_path) == before
+
+
+def test_sample_with_a_damaged_tokenizer_is_one_line(small_tokenizer, tmp_path, capsys):
+    """Used to be SentencePiece's 25-line traceback."""
+    from tinyllm import cli
+    from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
+
+    checkpoint = tmp_path / "ckpt.pt"
+    save_checkpoint(weights_checkpoint(make_random_model(), config=None), checkpoint)
+    damaged = tmp_path / "tok512.model"
+    damaged.write_bytes(small_tokenizer.read_bytes()[:1000])  # cut short, as by a full disk or a bad copy
+    assert cli.main(["sample", "--checkpoint", str(checkpoint), "--tokenizer", str(damaged)]) == 2
+    assert capsys.readouterr().err == (
+        f"tinyllm sample: tokenizer {damaged} is not a readable SentencePiece model (damaged, or another "
+        "format): pass the model's own tokenizer; delete a damaged one of the pipeline's and rerun "
+        "snakemake\n"
+    )
+
+
 # --- 12. tinyllm import into a folder ---------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from tinyllm.errors import CheckpointError, one_line
+from tinyllm.errors import CheckpointError, DataError, one_line
 from tinyllm.files import atomic_output
 
 STATE_FORMAT = 2  # bump when the training state's layout changes: older states then start fresh
@@ -102,9 +102,18 @@ TRAIN_HINT = "run `snakemake --cores all --resources gpu=1` first"
 
 def checkpoint_info(path: str | os.PathLike) -> dict:
     """The checkpoint's model_args, iter_num and config, without reading its tensors into memory."""
+    from tinyllm.foreign import foreign_format  # foreign.py reads checkpoints through this module
+
     path = Path(path)
+    if kind := foreign_format(path):
+        raise CheckpointError(
+            f"{path} is {kind}, a foreign format: convert it with `tinyllm import {path} model.pt`, then "
+            "pass model.pt"
+        )
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: {TRAIN_HINT} (or pass the checkpoint's path)")
+    if not zipfile.is_zipfile(path):  # torch.save's format; mmap would only say it wants that
+        raise CheckpointError(f"{path} is not a tinyllm checkpoint, nor a model that `tinyllm import` reads")
     checkpoint = read_checkpoint(path, mmap=True)  # only the small metadata is read
     if not isinstance(checkpoint, dict) or "model_args" not in checkpoint or "model" not in checkpoint:
         raise CheckpointError(
@@ -155,7 +164,13 @@ def load_model_and_tokenizer(
         tokenizer = default_tokenizer_path(model_or_checkpoint if model is None else ".", vocab_size)
     if not Path(tokenizer).is_file():
         raise CheckpointError(f"no tokenizer at {tokenizer}: {TRAIN_HINT} (or pass the model's tokenizer)")
-    loaded = Tokenizer(tokenizer)
+    try:
+        loaded = Tokenizer(tokenizer)
+    except RuntimeError as err:  # SentencePiece: "could not parse ModelProto from ..."
+        raise DataError(
+            f"tokenizer {tokenizer} is not a readable SentencePiece model (damaged, or another format): pass "
+            "the model's own tokenizer; delete a damaged one of the pipeline's and rerun snakemake"
+        ) from err
     if loaded.n_words != vocab_size:
         raise CheckpointError(
             f"tokenizer {tokenizer} has {loaded.n_words} tokens but {source} has vocab_size {vocab_size}: "

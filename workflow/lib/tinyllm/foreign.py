@@ -74,6 +74,26 @@ def load_foreign_checkpoint(path: str | os.PathLike) -> ForeignCheckpoint:
     return checkpoint
 
 
+def foreign_format(path: str | os.PathLike) -> str | None:
+    """What foreign model that `tinyllm import` converts path holds, in words ("a llama2.c run.c model.bin",
+    "a Hugging Face model folder"), from its header or its files alone; None for anything else (ours and
+    llama2.c's train.py checkpoints, read as they are, or no model)."""
+    path = Path(path)
+    if path.is_dir():
+        config = path / "config.json"
+        weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+        if config.is_file() and any((path / name).is_file() for name in weights):
+            return "a Hugging Face model folder"
+        return None
+    if not path.is_file() or zipfile.is_zipfile(path) or path.stat().st_size < 4 * len(RUNC_HEADER_FIELDS):
+        return None
+    header = read_runc_header(path)
+    if all(header[k] > 0 for k in RUNC_HEADER_FIELDS if k != "vocab_size") and header["vocab_size"]:
+        if header["dim"] % header["n_heads"] == 0 and path.stat().st_size == runc_file_size(header):
+            return "a llama2.c run.c model.bin"
+    return None
+
+
 def import_checkpoint(source: str | os.PathLike, dest: str | os.PathLike) -> ForeignCheckpoint:
     """`tinyllm import`: source's model as a checkpoint of ours at dest (no config, iteration 0).
 
