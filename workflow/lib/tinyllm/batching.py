@@ -183,11 +183,12 @@ class Engine:
         return self
 
     def submit(self, completions: Sequence[Completion]) -> None:
-        """Queue completions (all or none); QueueFull past the bound, RuntimeError once closed."""
+        """Queue completions (all or none); QueueFull when more would wait than the rows free now (they take
+        them at the next step) and the queue bound together; RuntimeError once closed."""
         with self.wake:
             if self.closed:
                 raise RuntimeError("the server is shutting down")
-            if len(self.waiting) + len(completions) > self.max_waiting:
+            if len(self.waiting) + len(completions) > self.max_waiting + self.batch.free_rows():
                 raise QueueFull(
                     f"{len(self.waiting)} completions already wait (queue bound {self.max_waiting})"
                 )

@@ -515,6 +515,48 @@ def bench_data(threads: int) -> dict[str, float]:
 HEAVY = {"data"}  # writes gigabytes and runs minutes: only when named
 
 
+@group("serve")
+def bench_serve(threads: int) -> dict[str, float]:
+    """Load test of `tinyllm serve` (tinyllm.loadtest) on 127.0.0.1, server and clients on this machine.
+
+    The server (a child process, `threads` torch threads, 32 rows, 16 waiting) serves the reference config
+    with random weights and the bench tokenizer; each completion streams up to 128 tokens from "Once upon a
+    time" at temperature 1 (top-k 300). Aggregate tokens/s and time to first token with 1, 8 and 32
+    concurrent clients (3, 2 and 2 completions each), the same at 32 with int8 weights; 33 clients of which
+    every third hangs up after 16 tokens; a burst of 80 at once, past 32 rows + 16 waiting, where each
+    request must be answered or refused with 429 ("failed" counts the rest).
+    """
+    import tempfile
+
+    from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
+    from tinyllm.loadtest import ServerProcess, run_clients, summary
+    from tinyllm.model import ModelArgs, Transformer
+
+    shard = DEFAULT_BENCH_DATA / "data01.json"
+    if not shard.is_file():
+        raise DataError(f"no {shard}: set TINYLLM_TEST_DATA to a folder of the shards")
+    tokenizer = _bench_tokenizer(DEFAULT_BENCH_DATA)
+    body = {"prompt": "Once upon a time", "max_tokens": 128, "temperature": 1.0}
+    limits = ("--max-batch", "32", "--max-queue", "16")
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        torch.manual_seed(0)
+        checkpoint = Path(folder) / "ckpt.pt"
+        save_checkpoint(weights_checkpoint(Transformer(ModelArgs()), None), checkpoint)
+        with ServerProcess(checkpoint, tokenizer, threads, limits) as server:
+            run_clients(server.port, 2, 1, body)  # warm-up
+            for clients, rounds in ((1, 3), (8, 2), (32, 2)):
+                figures.update(summary(*run_clients(server.port, clients, rounds, body), f"serve_{clients}"))
+            figures.update(summary(*run_clients(server.port, 33, 1, body, hang_up_every=3), "serve_hangup"))
+            figures.update(summary(*run_clients(server.port, 80, 1, body), "serve_burst"))
+            figures.update(summary(*run_clients(server.port, 1, 1, body), "serve_after_burst"))
+        with ServerProcess(checkpoint, tokenizer, threads, (*limits, "--int8")) as server:
+            run_clients(server.port, 2, 1, body)
+            figures.update(summary(*run_clients(server.port, 32, 2, body), "serve_int8_32"))
+    figures["serve_32_vs_single"] = figures["serve_32_tokens_per_s"] / figures["serve_1_tokens_per_s"]
+    return figures
+
+
 def run(groups: list[str], threads: int) -> dict[str, float]:
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
