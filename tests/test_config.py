@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from tinyllm.config import (
+    check_config_files,
     check_model_shape,
     experiment_config,
     load_config,
     load_schema,
+    read_config_file,
     validate_config,
 )
 from tinyllm.errors import ConfigError
@@ -228,3 +231,134 @@ def test_a_bad_experiment_is_one_line_naming_it_and_the_key(experiments, message
         validate_config({"experiments": experiments})
     assert str(err.value).startswith(message), str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_experiment_names_must_be_text_unreserved_and_distinct_in_any_case():
+    for name in ("main", "Main", "compare.png", "COMPARE.MD"):
+        with pytest.raises(ConfigError, match=rf"experiments: '{re.escape(name)}' is reserved"):
+            validate_config({"experiments": {name: {}}})
+    for name, text, kind in [
+        (123, "123", "a number"),
+        (1.5, "1.5", "a number"),
+        (False, "false", "a boolean"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            validate_config({"experiments": {name: {}}})
+        expected = f"experiments: YAML reads the name {text} as {kind}, not text: quote it ('{text}': ...)"
+        assert str(err.value) == expected
+    with pytest.raises(ConfigError, match="at most 64 characters"):
+        validate_config({"experiments": {"x" * 65: {}}})
+    with pytest.raises(ConfigError, match="'Wide' and 'wide' differ only in case"):
+        validate_config({"experiments": {"Wide": {}, "wide": {}}})
+    fine = validate_config({"experiments": {"x" * 64: {}, "123": {}}})
+    assert list(fine["experiments"]) == ["x" * 64, "123"]
+
+
+def test_the_reserved_experiment_names_are_the_comparisons():
+    from tinyllm import paths
+    from tinyllm.compare import MAIN_RUN
+    from tinyllm.config import RESERVED_EXPERIMENT_NAMES
+
+    names = {MAIN_RUN, Path(paths.COMPARE_PLOT).name, Path(paths.COMPARE_TABLE).name}
+    assert set(RESERVED_EXPERIMENT_NAMES) == names
+
+
+OWN_OUTPUT_CASES = {
+    "own best.pt": (
+        {"init_from": "results/train/best.pt"},
+        {},
+        "train.init_from: results/train/best.pt is written by the main run",
+    ),
+    "made from it": (
+        {"init_from": "results/samples.txt"},
+        {},
+        "train.init_from: results/samples.txt is written by the main run",
+    ),
+    "inherited by an experiment": (
+        {"init_from": "results/experiments/a/ckpt.pt"},
+        {"a": {}},
+        "train.init_from (which experiment a inherits): results/experiments/a/ckpt.pt is written by "
+        "experiment a",
+    ),
+    "two experiments": (
+        {},
+        {
+            "a": {"train": {"init_from": "results/experiments/b/ckpt.pt"}},
+            "b": {"train": {"init_from": "results/experiments/a/ckpt.pt"}},
+        },
+        "experiments.a.train.init_from: results/experiments/b/ckpt.pt is made from this run's own output, "
+        "a cycle (experiment a (results/experiments/a) -> experiment b (results/experiments/b) -> "
+        "experiment a",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OWN_OUTPUT_CASES))
+def test_init_from_what_the_run_itself_makes_is_refused(case):
+    train, experiments, message = OWN_OUTPUT_CASES[case]
+    with pytest.raises(ConfigError) as err:
+        validate_config({"train": train, "experiments": experiments})
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_init_from_another_runs_output_or_a_copy_is_allowed(tmp_path):
+    fine = [
+        ({"init_from": str(tmp_path / "init.pt")}, {}),
+        ({}, {"a": {"train": {"init_from": "results/train/ckpt.pt"}}}),  # fine-tune the main run's model
+        ({"init_from": "results/experiments/a/ckpt.pt"}, {"a": {"train": {"init_from": None}}}),
+        ({"init_from": "results/train_old/ckpt.pt"}, {}),  # a folder that only starts alike
+    ]
+    for train, experiments in fine:
+        validate_config({"train": train, "experiments": experiments})
+
+
+# --- config files, read strictly ---------------------------------------------------------------------------
+
+BAD_FILES = {
+    "tab": (
+        "train:\n\tseed: 1\n",
+        ", line 2, column 1: a tab, which YAML does not allow for indenting: indent with spaces",
+    ),
+    "unclosed": (
+        "train: [1\n",
+        ", line 2, column 1: expected ',' or ']', but got '<stream end>', while parsing a flow sequence "
+        "begun on line 1",
+    ),
+    "colon": ("a: b: c\n", ", line 1, column 5: mapping values are not allowed here"),
+    "nested duplicate": (
+        "train:\n  seed: 1\n  seed: 2\n",
+        ", line 3: key 'seed' given twice (first on line 2); YAML would keep only the last: merge or "
+        "rename them",
+    ),
+    "list": ("- data\n", ": the top level must be a mapping of sections (data:, train:, ...)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_config_file_is_read_strictly_naming_the_file_and_the_line(tmp_path, case):
+    text, message = BAD_FILES[case]
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+    assert str(err.value) == f"{path}{message}"
+    with pytest.raises(ConfigError):
+        check_config_files([tmp_path / "absent.yaml", path])  # an absent file is Snakemake's to report
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+def test_merge_keys_and_json_are_read_and_a_json_duplicate_refused(tmp_path):
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &base {seed: 1, max_iters: 2}\ntrain:\n  <<: *base\n  seed: 3\n")
+    assert read_config_file(merged)["train"] == {"seed": 3, "max_iters": 2}
+    tabs = tmp_path / "tabs.json"
+    tabs.write_text('{"train":\t{"seed": 1}}')
+    assert read_config_file(tabs) == {"train": {"seed": 1}}
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"train":\t{"seed": 1}, "train": {}}')
+    with pytest.raises(ConfigError, match="key 'train' given twice in one object"):
+        read_config_file(twice)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert read_config_file(empty) == {}
