@@ -403,3 +403,17 @@ def test_the_command_logs_what_it_serves_and_stops_cleanly_on_a_signal(
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_load_test_counts_every_outcome(endless):
+    from tinyllm.loadtest import run_clients, summary
+
+    server, _ = endless
+    body = {"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}
+    outcomes, seconds = run_clients(server.port, 6, 2, body, hang_up_every=3, hang_up_after=5)
+    figures = summary(outcomes, seconds, "t")
+    assert figures["t_dropped"] == 4  # clients 0 and 3, twice each
+    assert figures["t_complete"] == 8 and figures["t_refused"] == figures["t_failed"] == 0
+    assert sum(o.tokens for o in outcomes) == 4 * 5 + 8 * 40
+    assert 0 < figures["t_ttft_p50_ms"] <= figures["t_ttft_p99_ms"] < 10_000 and figures["t_tokens_per_s"] > 0
+    wait_until(lambda: server.service.engine.load() == (0, 0), "every row freed")
