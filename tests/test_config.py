@@ -362,3 +362,21 @@ def test_merge_keys_and_json_are_read_and_a_json_duplicate_refused(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")
     assert read_config_file(empty) == {}
+
+
+def test_check_config_merges_the_files_over_config_yaml_as_snakemake_does(tmp_path):
+    from tinyllm.config import REPOSITORY_CONFIG, check_config
+
+    first = write_file(tmp_path / "a.yaml", "train:\n  max_iters: 40\n  seed: 2\nexperiments:\n  a: {}\n")
+    second = write_file(tmp_path / "b.yaml", "train:\n  seed: 3\nexperiments:\n  b: {train: {seed: 4}}\n")
+    config = check_config([first, second])
+    assert (config["train"]["max_iters"], config["train"]["seed"]) == (40, 3)
+    assert config["experiments"] == {"a": {}, "b": {"train": {"seed": 4}}}
+    assert check_config([]) == load_config(REPOSITORY_CONFIG)
+    with pytest.raises(ConfigError, match=r"b.yaml, line 3: key 'seed' given twice \(first on line 2\)"):
+        check_config([first, write_file(second, "train:\n  seed: 3\n  seed: 4\n")])
+
+
+def write_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -163,6 +163,25 @@ def test_broken_yaml_in_config_yaml_names_the_file_and_the_line(case, tmp_path):
     assert tree_digest(workdir / "results") == before
 
 
+def test_broken_yaml_in_an_override_file_is_named_by_tinyllm_config(tmp_path, capsys):
+    """Snakemake reads --configfile files itself, before the workflow can say anything: its message names
+    no file and no line. `tinyllm config FILE` reads them as the pipeline does and names both."""
+    from tinyllm import cli
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train:\n  max_iters: 40\n\tseed: 3\n")
+    out = run_snakemake(tmp_path, "--dry-run", configfiles=(mine,), check=False)
+    assert out.returncode != 0 and not (tmp_path / "results").exists()
+    assert cli.main(["config", str(mine)]) == 2
+    assert capsys.readouterr().err == (
+        f"tinyllm config: {mine}, line 3, column 1: a tab, which YAML does not allow for indenting: "
+        "indent with spaces\n"
+    )
+    mine.write_text("train:\n  max_iters: 40\n  seed: 3\n")
+    assert cli.main(["config", str(mine)]) == 0
+    assert capsys.readouterr().out.endswith(f" + {mine}: valid\n")
+
+
 # --- 5. experiment names ------------------------------------------------------------------------------------
 
 NAMES = {

@@ -1,4 +1,4 @@
-"""The `tinyllm` command: `tinyllm bench`, `tinyllm sample`, `tinyllm serve` and `tinyllm import`."""
+"""The `tinyllm` command: `tinyllm bench`, `sample`, `serve`, `import` and `config`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imports.add_argument("source", help="checkpoint file or Hugging Face folder")
     imports.add_argument("dest", help="the tinyllm checkpoint to write (.pt)")
+
+    configs = sub.add_parser(
+        "config",
+        help="check config files as the pipeline reads them (file, line and key of the first fault)",
+        description="Read the repository's config.yaml, then each FILE on top as `snakemake --configfile` "
+        "merges them, strictly (a tab, a syntax error, a key given twice), and validate the result. "
+        "Snakemake reads --configfile files before the workflow starts, naming no file or line for a "
+        "syntax error.",
+    )
+    configs.add_argument("files", nargs="*", metavar="FILE", help="override files, in --configfile order")
     return parser
 
 
@@ -225,6 +235,15 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_config(args: argparse.Namespace) -> int:
+    from tinyllm.config import REPOSITORY_CONFIG, check_config
+
+    check_config(args.files)
+    files = [*([REPOSITORY_CONFIG] if REPOSITORY_CONFIG.is_file() else []), *args.files]
+    print(f"tinyllm config: {' + '.join(map(str, files))}: valid")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from tinyllm import bench
 
@@ -232,7 +251,13 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"bench": run_bench, "sample": run_sample, "serve": run_serve, "import": run_import}
+COMMANDS = {
+    "bench": run_bench,
+    "sample": run_sample,
+    "serve": run_serve,
+    "import": run_import,
+    "config": run_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

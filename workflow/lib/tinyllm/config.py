@@ -350,6 +350,31 @@ def _json_pairs(path: Path):
     return pairs
 
 
+REPOSITORY_CONFIG = Path(__file__).resolve().parents[3] / "config.yaml"  # the pipeline's base config
+
+
+def check_config(config_files, base: str | os.PathLike | None = REPOSITORY_CONFIG) -> dict:
+    """The config the pipeline would run with: base (the repository's config.yaml), then each file merged on
+    top as `snakemake --configfile` merges them, every file read strictly and the result validated.
+
+    `tinyllm config FILE...` runs it: Snakemake reads --configfile files itself before the workflow starts,
+    and for a syntax error or a tab says only "Config file is not valid JSON or YAML".
+    """
+    merged = {}
+    for path in [*([base] if base is not None and Path(base).is_file() else []), *config_files]:
+        _merge(merged, read_config_file(path))
+    return validate_config(merged)
+
+
+def _merge(config: dict, overrides: dict) -> None:
+    """overrides into config, mappings key by key, as Snakemake's update_config does."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = copy.deepcopy(value)
+
+
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file (read_config_file: strictly) and validate it."""
     return validate_config(read_config_file(path))
