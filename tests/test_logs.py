@@ -36,3 +36,13 @@ def test_a_bug_keeps_its_traceback_in_the_log_and_is_one_line_on_the_console(tmp
     assert run.returncode == 1
     assert run.stderr == f"KeyError: 'story' (traceback in {log})\n"
     assert "Traceback" in log.read_text()
+
+
+def test_an_interrupt_is_one_line_without_a_traceback(tmp_path):
+    """SIGINT (Ctrl-C, or passed on by Snakemake to every running job) is no bug: one line, exit non-zero."""
+    log = tmp_path / "job.log"
+    run = run_script(log, "import signal; os.kill(os.getpid(), signal.SIGINT); import time; time.sleep(5)")
+    assert run.returncode != 0
+    line = "error: interrupted by SIGINT; rerun to redo this job"
+    assert run.stderr == line + "\n"
+    assert log.read_text().endswith(line + "\n") and "Traceback" not in log.read_text()
