@@ -110,3 +110,19 @@ def test_a_temporary_is_locked_while_written_and_the_lock_goes_with_it(tmp_path)
         f.write(b"whole")
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
     assert (tmp_path / "out.bin").read_bytes() == b"whole"
+
+
+def test_no_permission_for_the_folder_is_one_line_naming_it(tmp_path, monkeypatch):
+    """Root writes anywhere, so the refusal is the one a non-root user gets from mkstemp."""
+    import errno
+    import tempfile
+
+    from tinyllm.errors import OutputError
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".out.bin.x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OutputError) as caught, atomic_output(tmp_path / "out.bin") as f:
+        f.write(b"never written")
+    assert str(caught.value) == f"cannot write {tmp_path / 'out.bin'}: no permission to write in {tmp_path}"
