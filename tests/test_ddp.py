@@ -26,7 +26,8 @@ WEIGHT_TOLERANCE = 1e-5
 
 
 def ddp_config(**train_overrides) -> dict:
-    config = tiny_config(dtype="float32", max_iters=12, eval_interval=6, log_interval=1, **train_overrides)
+    config = tiny_config(**{"dtype": "float32", "max_iters": 12, "eval_interval": 6, "log_interval": 1,
+                            **train_overrides})  # fmt: skip
     config["model"]["dropout"] = 0.0  # per-rank dropout streams cannot match one process's
     return config
 
@@ -71,3 +72,54 @@ def test_two_gloo_ranks_match_one_process_on_the_same_data(tiny_data, tmp_path, 
     for name, tensor in single_weights["model"].items():
         torch.testing.assert_close(ddp_weights["model"][name], tensor, atol=WEIGHT_TOLERANCE, rtol=0)
     assert not (ddp_out / "state" / "stale").exists()
+
+
+LAUNCH_CHILD = """
+import json, sys
+sys.path.insert(0, {lib!r})
+from tinyllm.ddp import launch_distributed
+from tinyllm.errors import TrainingStopped
+try:
+    launch_distributed(json.loads({kwargs!r}), 2, {kwargs_path!r})
+except TrainingStopped as err:
+    print(err, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_launcher_reaches_every_rank_which_save_and_stop(tiny_data, tmp_path):
+    """SIGTERM to the rule's process (SLURM's warning, a forwarded Ctrl-C) goes on through torchrun to both
+    ranks: they agree on stopping at a log step, rank 0 saves the state, and the launcher says so in one
+    line."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    long_run = ddp_config(gradient_accumulation_steps=2, gpus=2, max_iters=3000, eval_interval=20,
+                          log_interval=5)  # fmt: skip
+    settings = run_settings(long_run, tiny_data, tmp_path)
+    settings["threads"] = 2
+    lib = str(Path(training.__file__).resolve().parents[1])
+    launch = tmp_path / "launch.json"
+    script = LAUNCH_CHILD.format(lib=lib, kwargs=json.dumps(settings), kwargs_path=str(launch))
+    with open(tmp_path / "child.log", "wb") as log:
+        child = subprocess.Popen([sys.executable, "-c", script], stderr=log, stdout=log)
+    state, deadline = tmp_path / "state" / "state.pt", time.monotonic() + 120
+    try:
+        while not state.exists() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        assert state.exists(), (tmp_path / "child.log").read_text()
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=120) == 1
+    finally:
+        if child.poll() is None:
+            child.kill()
+    output = (tmp_path / "child.log").read_text()
+    assert "data-parallel training stopped by SIGTERM; rerun to resume" in output, output
+    saved = torch.load(state, weights_only=True)
+    assert 20 <= saved["iter_num"] < 3000 and saved["iter_num"] % 5 == 0  # a log step: where ranks agree
+    assert saved["world_size"] == 2 and not (tmp_path / "ckpt.pt").exists()

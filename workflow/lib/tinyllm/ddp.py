@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tinyllm.devices import resolve_device
-from tinyllm.errors import TinyllmError
+from tinyllm.errors import TinyllmError, TrainingStopped
 
 
 @dataclass
@@ -82,7 +83,9 @@ def launch_distributed(train_kwargs: dict, nproc: int, kwargs_path: str | os.Pat
     """Run tinyllm.train.train(**train_kwargs) on nproc data-parallel ranks with torchrun; raise if one fails.
 
     The keyword arguments travel as JSON in kwargs_path (in the state folder). torchrun is invoked as
-    `python -m torch.distributed.run` of this interpreter, so it is the torch this process imports.
+    `python -m torch.distributed.run` of this interpreter, so it is the torch this process imports. A SIGTERM
+    or SIGINT sent to this process goes on to torchrun, which passes it to every rank: they save the state
+    and stop at the next log step, as one process does.
     """
     kwargs_path = Path(kwargs_path)
     kwargs_path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,21 +98,44 @@ def launch_distributed(train_kwargs: dict, nproc: int, kwargs_path: str | os.Pat
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "tinyllm.ddp", str(kwargs_path),
     ]  # fmt: skip
-    result = subprocess.run(command, env=env, stdout=stdout, check=False)
-    if result.returncode:
-        raise TinyllmError(f"data-parallel training failed (torchrun exit status {result.returncode}); "
+    torchrun = subprocess.Popen(command, env=env, stdout=stdout)
+    received = []
+
+    def forward(signum, frame):
+        received.append(signal.Signals(signum).name)
+        torchrun.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = torchrun.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if status and received:
+        raise TrainingStopped(f"data-parallel training stopped by {received[0]}; rerun to resume")
+    if status:
+        raise TinyllmError(f"data-parallel training failed (torchrun exit status {status}); "
                            "the ranks' errors are in the log above")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tinyllm.ddp KWARGS.json`: one rank of tinyllm.train.train (torchrun starts it)."""
+    """`python -m tinyllm.ddp KWARGS.json`: one rank of tinyllm.train.train (torchrun starts it).
+
+    An expected failure is one line from rank 0 (tinyllm.logs' format) and exit status 1, not a traceback
+    from every rank.
+    """
     from tinyllm.train import train
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m tinyllm.ddp KWARGS.json  (started by torchrun)", file=sys.stderr)
         return 2
-    train(**json.loads(Path(argv[0]).read_text()))
+    try:
+        train(**json.loads(Path(argv[0]).read_text()))
+    except TinyllmError as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

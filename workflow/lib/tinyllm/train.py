@@ -339,8 +339,7 @@ def train(
                     improved = evaluate(run, progress) if eval_step else False
                     save_state(run, progress, improved)
                     progress.saved_iter, mark = it, now()  # evaluating and saving are not training time
-                if stop:
-                    world.log(f"train: stopped by {stop} at iteration {it}; rerun to resume")
+                if stop:  # the rule's log and console get this line once (tinyllm.logs)
                     raise TrainingStopped(f"training stopped by {stop} at iteration {it}; rerun to resume")
         write_outputs(run, progress, ckpt_path, best_path, metrics_path, plot_path)
         return {"iter_num": progress.iter_num, "val_loss": progress.val_loss, "elapsed_s": progress.elapsed_s,
