@@ -334,3 +334,19 @@ def test_character_coverage_outside_sentencepieces_bounds_is_refused_at_validati
     assert "\n" not in str(err.value)
     lowest = validate_config({"tokenizer": {"character_coverage": 0.98}})
     assert lowest["tokenizer"]["character_coverage"] == 0.98
+
+
+def test_bits_per_byte_count_utf8_bytes_of_chinese(chinese, tmp_path):
+    """Training's tokens per byte (for bits per byte) counts the UTF-8 bytes of the documents: 3 a character
+    here, so figures compare across scripts."""
+    from tinyllm.batches import tokens_per_byte
+    from tinyllm.corpus import document_line
+    from tinyllm.shards import pretokenize_shard
+
+    tok, docs, _ = chinese
+    shard = tmp_path / "val_0000.jsonl"
+    shard.write_bytes(b"".join(document_line(d) for d in docs[:200]))
+    tokens = pretokenize_shard(shard, tok.model_path, tmp_path / "val_0000.bin")
+    utf8 = sum(len(d.encode("utf-8")) for d in docs[:200])
+    assert utf8 > 2.5 * sum(len(d) for d in docs[:200])  # mostly 3-byte characters
+    assert tokens_per_byte(tmp_path / "val_0000.bin", tok) == pytest.approx(tokens / utf8)
