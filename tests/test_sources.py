@@ -14,14 +14,8 @@ from pathlib import Path
 import pytest
 from tinyllm.config import validate_config
 from tinyllm.errors import ConfigError, DataError
-from tinyllm.sources import (
-    MAX_RECORD_BYTES,
-    Counter,
-    FileStats,
-    iter_json_array,
-    local_files,
-    source_from_dict,
-)
+from tinyllm.records import MAX_RECORD_BYTES, iter_json_array
+from tinyllm.sources import Counter, FileStats, local_files, source_from_dict
 
 RECORDS = [
     {"title": "Über Katzen", "body": "Eine Katze schläft.", "meta": {"lang": "de", "lines": ["a", "b"]}},
@@ -363,9 +357,9 @@ def test_json_array_streams_across_block_boundaries(block):
 
 
 def test_a_record_too_long_is_refused_not_read_without_end(tmp_path, monkeypatch):
-    import tinyllm.sources as sources
+    import tinyllm.records as records
 
-    monkeypatch.setattr(sources, "MAX_RECORD_BYTES", 1000)
+    monkeypatch.setattr(records, "MAX_RECORD_BYTES", 1000)
     path = tmp_path / "big.json"
     path.write_text('[{"text": "' + "x" * 5000 + '"}]')
     with pytest.raises(DataError, match="record 0 is not valid JSON or longer than"):
