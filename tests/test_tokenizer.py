@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 from conftest import run_snakemake, write_tiny_config
-from tinyllm.errors import ConfigError
+from tinyllm.errors import ConfigError, DataError
 from tinyllm.shards import load_stories
 from tinyllm.tokenizer import (
     RUNC_BOS,
     RUNC_EOS,
     WORD_BOUNDARY,
     Tokenizer,
+    export_runc_tokenizer,
+    runc_tokens,
     train_tokenizer,
 )
 
@@ -62,9 +64,9 @@ def test_train_tokenizer_uses_llama2c_options(tok):
 
 
 def test_missing_files_give_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer model not found: .*nope.model"):
+    with pytest.raises(DataError, match="tokenizer model not found: .*nope.model"):
         Tokenizer(tmp_path / "nope.model")
-    with pytest.raises(FileNotFoundError, match="training text not found"):
+    with pytest.raises(DataError, match="training text not found"):
         train_tokenizer(tmp_path / "missing.txt", tmp_path / "tok", 300)
 
 
@@ -181,7 +183,7 @@ def parse_runc(path):
 
 
 def test_export_runc_layout(tok, tmp_path):
-    max_len, tokens, scores = parse_runc(tok.export_runc(tmp_path / "tok512.bin"))
+    max_len, tokens, scores = parse_runc(export_runc_tokenizer(tok, tmp_path / "tok512.bin"))
     assert len(tokens) == tok.n_words
     assert tokens[tok.bos_id] == RUNC_BOS.encode() == b"\n<s>\n"
     assert tokens[tok.eos_id] == RUNC_EOS.encode() == b"\n</s>\n"
@@ -261,7 +263,7 @@ def test_chinese_round_trips_with_rare_characters_spelled_in_bytes(chinese):
 
 def bytes_as_runc_decodes(tok: Tokenizer, ids: list[int]) -> bytes:
     """run.c's decode: a "<0xNN>" piece is that byte; after BOS a leading space is dropped."""
-    tokens, _ = tok.runc_tokens()
+    tokens, _ = runc_tokens(tok)
     out, previous = b"", tok.bos_id
     for i in ids:
         piece = tokens[i]

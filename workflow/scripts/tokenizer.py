@@ -4,7 +4,7 @@ import sys
 
 from _rule import smk
 from tinyllm.corpus import peak_memory_mb
-from tinyllm.tokenizer import Tokenizer, train_tokenizer
+from tinyllm.tokenizer import Tokenizer, export_runc_tokenizer, train_tokenizer
 
 prefix = smk.output.model.removesuffix(".model")
 if smk.output.vocab != f"{prefix}.vocab":
@@ -18,6 +18,6 @@ train_tokenizer(
     character_coverage=smk.params.character_coverage,
     num_threads=smk.threads,
 )
-Tokenizer(smk.output.model).export_runc(smk.output.runc)
+export_runc_tokenizer(Tokenizer(smk.output.model), smk.output.runc)
 print(f"tokenizer: {prefix}.model/.vocab and {smk.output.runc}", file=sys.stderr)
 print(f"tokenizer: peak memory {peak_memory_mb():.0f} MB", file=sys.stderr)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from tinyllm.errors import CheckpointError, DataError, one_line
+from tinyllm.errors import CheckpointError, one_line
 from tinyllm.files import atomic_output
 
 STATE_FORMAT = 2  # bump when the training state's layout changes: older states then start fresh
@@ -164,13 +164,7 @@ def load_model_and_tokenizer(
         tokenizer = default_tokenizer_path(model_or_checkpoint if model is None else ".", vocab_size)
     if not Path(tokenizer).is_file():
         raise CheckpointError(f"no tokenizer at {tokenizer}: {TRAIN_HINT} (or pass the model's tokenizer)")
-    try:
-        loaded = Tokenizer(tokenizer)
-    except RuntimeError as err:  # SentencePiece: "could not parse ModelProto from ..."
-        raise DataError(
-            f"tokenizer {tokenizer} is not a readable SentencePiece model (damaged, or another format): pass "
-            "the model's own tokenizer; delete a damaged one of the pipeline's and rerun snakemake"
-        ) from err
+    loaded = Tokenizer(tokenizer)  # a damaged file is a DataError naming it
     if loaded.n_words != vocab_size:
         raise CheckpointError(
             f"tokenizer {tokenizer} has {loaded.n_words} tokens but {source} has vocab_size {vocab_size}: "

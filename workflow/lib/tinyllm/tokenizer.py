@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from tinyllm.errors import ConfigError
+from tinyllm.errors import ConfigError, DataError
 from tinyllm.files import atomic_output
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's visible space, "▁"
@@ -58,7 +58,7 @@ def train_tokenizer(
     """
     text_path, model_prefix = Path(text_path), Path(model_prefix)
     if not text_path.is_file():
-        raise FileNotFoundError(f"tokenizer training text not found: {text_path}")
+        raise DataError(f"tokenizer training text not found: {text_path}")
     if character_coverage is None:
         character_coverage, why = auto_character_coverage(text_path, vocab_size)
         print(f"tokenizer: character_coverage {character_coverage:g} (auto: {why})", file=sys.stderr)
@@ -90,34 +90,40 @@ def train_tokenizer(
         for suffix in (".vocab", ".model"):
             os.replace(f"{tmp_prefix}{suffix}", f"{model_prefix}{suffix}")
     except RuntimeError as err:
-        too_big = _TOO_BIG.search(str(err))
-        if too_big:
-            size, most = too_big.groups()
-            raise ConfigError(
-                f"tokenizer.vocab_size {size} is too big for the corpus: {text_path} yields at most {most} "
-                f"pieces; lower tokenizer.vocab_size to {most} or less, or add text (data.sources, "
-                "tokenizer.num_shards)"
-            ) from err
-        too_small = _TOO_SMALL.search(str(err))
-        if not too_small:
+        vocabulary_error = _vocabulary_error(str(err), text_path, character_coverage)
+        if vocabulary_error is None:
             raise
-        # "vs" compares vocab_size with the text's characters plus the meta pieces (<unk>, <s>, </s>, bytes).
-        size, required = too_small.groups()
-        raise ConfigError(
-            f"tokenizer.vocab_size {size} is smaller than the {required} pieces that {text_path} requires "
-            f"(every character covered by tokenizer.character_coverage {character_coverage:g}, plus the byte "
-            f"and control pieces): raise tokenizer.vocab_size to at least {required}"
-            + (
-                f", or lower tokenizer.character_coverage (not below {MIN_CHARACTER_COVERAGE}) so that rare "
-                "characters are spelled in bytes"
-                if character_coverage > MIN_CHARACTER_COVERAGE
-                else ""
-            )
-        ) from err  # SentencePiece's own words stay in the rule's log
+        raise vocabulary_error from err  # SentencePiece's own words stay in the rule's log
     finally:
         for suffix in (".vocab", ".model"):
             Path(f"{tmp_prefix}{suffix}").unlink(missing_ok=True)
     return Path(f"{model_prefix}.model")
+
+
+def _vocabulary_error(message: str, text_path: Path, character_coverage: float) -> ConfigError | None:
+    """SentencePiece's refusal of a vocabulary size as one line saying what to set; None for other errors."""
+    too_big = _TOO_BIG.search(message)
+    if too_big:
+        size, most = too_big.groups()
+        return ConfigError(
+            f"tokenizer.vocab_size {size} is too big for the corpus: {text_path} yields at most {most} "
+            f"pieces; lower tokenizer.vocab_size to {most} or less, or add text (data.sources, "
+            "tokenizer.num_shards)"
+        )
+    too_small = _TOO_SMALL.search(message)
+    if not too_small:
+        return None
+    # "vs" compares vocab_size with the text's characters plus the meta pieces (<unk>, <s>, </s>, bytes).
+    size, required = too_small.groups()
+    lower = ""
+    if character_coverage > MIN_CHARACTER_COVERAGE:
+        lower = (f", or lower tokenizer.character_coverage (not below {MIN_CHARACTER_COVERAGE}) so that rare "
+                 "characters are spelled in bytes")  # fmt: skip
+    return ConfigError(
+        f"tokenizer.vocab_size {size} is smaller than the {required} pieces that {text_path} requires "
+        f"(every character covered by tokenizer.character_coverage {character_coverage:g}, plus the byte "
+        f"and control pieces): raise tokenizer.vocab_size to at least {required}{lower}"
+    )
 
 
 def auto_character_coverage(text_path: str | os.PathLike, vocab_size: int) -> tuple[float, str]:
@@ -156,8 +162,15 @@ class Tokenizer:
     def __init__(self, model_path: str | os.PathLike):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
-            raise FileNotFoundError(f"tokenizer model not found: {self.model_path}")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+            raise DataError(f"tokenizer model not found: {self.model_path}")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        except RuntimeError as err:  # SentencePiece: "could not parse ModelProto from ..."
+            raise DataError(
+                f"tokenizer {self.model_path} is not a readable SentencePiece model (damaged, or another "
+                "format): pass the model's own tokenizer; delete a damaged one of the pipeline's and rerun "
+                "snakemake"
+            ) from err
         self.n_words: int = self.sp.vocab_size()
         self.bos_id: int = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()
@@ -225,33 +238,35 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode(list(ids))
 
-    def runc_tokens(self) -> tuple[list[bytes], list[float]]:
-        """Every token's bytes and score as run.c shows them: BOS/EOS as text lines, "▁" as a space."""
-        tokens, scores = [], []
-        for i in range(self.n_words):
-            if i == self.bos_id:
-                piece = RUNC_BOS
-            elif i == self.eos_id:
-                piece = RUNC_EOS
-            else:
-                piece = self.sp.id_to_piece(i)
-            tokens.append(piece.replace(WORD_BOUNDARY, " ").encode("utf-8"))
-            scores.append(self.sp.get_score(i))
-        return tokens, scores
 
-    def export_runc(self, path: str | os.PathLike) -> Path:
-        """Write the tokenizer in llama2.c run.c's format, atomically.
+def runc_tokens(tokenizer: Tokenizer) -> tuple[list[bytes], list[float]]:
+    """Every token's bytes and score as run.c shows them: BOS/EOS as text lines, "▁" as a space."""
+    sp, tokens, scores = tokenizer.sp, [], []
+    for i in range(tokenizer.n_words):
+        if i == tokenizer.bos_id:
+            piece = RUNC_BOS
+        elif i == tokenizer.eos_id:
+            piece = RUNC_EOS
+        else:
+            piece = sp.id_to_piece(i)
+        tokens.append(piece.replace(WORD_BOUNDARY, " ").encode("utf-8"))
+        scores.append(sp.get_score(i))
+    return tokens, scores
 
-        Layout, little-endian: int32 max_token_length, then per token float32 score, int32 byte length, bytes.
-        """
-        path = Path(path)
-        tokens, scores = self.runc_tokens()
-        with atomic_output(path) as f:
-            f.write(struct.pack("<i", max(map(len, tokens))))
-            for token, score in zip(tokens, scores, strict=True):
-                f.write(struct.pack("<fi", score, len(token)))
-                f.write(token)
-        return path
+
+def export_runc_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
+    """Write the tokenizer in llama2.c run.c's format (tok{V}.bin), atomically.
+
+    Layout, little-endian: int32 max_token_length, then per token float32 score, int32 byte length, bytes.
+    """
+    path = Path(path)
+    tokens, scores = runc_tokens(tokenizer)
+    with atomic_output(path) as f:
+        f.write(struct.pack("<i", max(map(len, tokens))))
+        for token, score in zip(tokens, scores, strict=True):
+            f.write(struct.pack("<fi", score, len(token)))
+            f.write(token)
+    return path
 
 
 class _WordCache:
