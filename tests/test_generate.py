@@ -332,3 +332,12 @@ def test_int8_keeps_val_bits_per_byte_within_one_percent(trained, shards_dir, sm
     assert 1.0 < figures["float32_bpb"] < 3.0, figures  # a model that learned something
     assert abs(figures["int8_bpb_change"]) < 0.01, figures
     assert figures["int8_bpb"] != figures["float32_bpb"]  # int8 did run
+
+
+def test_a_reused_decoder_draws_what_a_fresh_one_draws(trained):
+    model, _ = trained
+    kwargs = dict(num_samples=2, temperature=0.9, top_k=40, seed=11)
+    fresh = [generate(model, prompt, 30, **kwargs) for prompt in ([1, 100, 200], [1, 7])]
+    decoder = Decoder(model, 2)
+    reused = [generate(model, prompt, 30, decoder=decoder, **kwargs) for prompt in ([1, 100, 200], [1, 7])]
+    assert reused == fresh  # what the first call left in the cache does not leak into the second

@@ -417,3 +417,23 @@ def test_the_load_test_counts_every_outcome(endless):
     assert sum(o.tokens for o in outcomes) == 4 * 5 + 8 * 40
     assert 0 < figures["t_ttft_p50_ms"] <= figures["t_ttft_p99_ms"] < 10_000 and figures["t_tokens_per_s"] > 0
     wait_until(lambda: server.service.engine.load() == (0, 0), "every row freed")
+
+
+def test_a_failing_step_answers_500_and_the_server_goes_on(server, monkeypatch):
+    decoder = server.service.engine.batch.decoder
+    original = decoder.step
+    calls = []
+
+    def broken_once(tokens, positions):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated kernel failure")
+        return original(tokens, positions)
+
+    monkeypatch.setattr(decoder, "step", broken_once)
+    status, answer = server.request("POST", "/v1/completions", {"prompt": "Once", "max_tokens": 5})
+    assert status == 500 and "simulated kernel failure" in answer["error"]["message"]
+    connection, response = open_stream(server, {"prompt": "Once", "max_tokens": 5})
+    events = read_events(response)
+    connection.close()
+    assert events[-1]["choices"][0]["finish_reason"] == "length"  # the next request is served as usual

@@ -174,6 +174,7 @@ class Engine:
     def __init__(self, decoder: Decoder, max_waiting: int):
         self.batch, self.max_waiting = Batch(decoder), max_waiting
         self.waiting: deque[Completion] = deque()
+        self.admitting = 0  # taken off the queue, not yet in a row
         self.wake = threading.Condition()
         self.closed = False
         self.thread = threading.Thread(target=self._run, name="tinyllm-decode", daemon=True)
@@ -188,7 +189,8 @@ class Engine:
         with self.wake:
             if self.closed:
                 raise RuntimeError("the server is shutting down")
-            if len(self.waiting) + len(completions) > self.max_waiting + self.batch.free_rows():
+            free_rows = self.batch.free_rows() - self.admitting
+            if len(self.waiting) + len(completions) > self.max_waiting + free_rows:
                 raise QueueFull(
                     f"{len(self.waiting)} completions already wait (queue bound {self.max_waiting})"
                 )
@@ -223,9 +225,12 @@ class Engine:
                 if self.closed:
                     break
                 newcomers = [self.waiting.popleft() for _ in range(min(batch.free_rows(), len(self.waiting)))]
+                self.admitting = len(newcomers)
             try:
                 for completion in newcomers:
                     batch.admit(completion)
+                with self.wake:
+                    self.admitting = 0
                 batch.retire()
                 if batch.active:
                     batch.step()
@@ -233,6 +238,11 @@ class Engine:
             except Exception as err:  # a bug must not leave clients waiting forever: fail them, go on
                 log.exception("decoding step failed")
                 batch.fail(f"decoding failed: {err}")
+                for completion in newcomers:  # any that never reached a row
+                    if not completion.finished:
+                        completion.fail(f"decoding failed: {err}")
+                with self.wake:
+                    self.admitting = 0
         batch.fail("the server is shutting down")
         for completion in self.waiting:
             completion.fail("the server is shutting down")

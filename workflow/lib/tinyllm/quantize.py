@@ -33,9 +33,9 @@ class Int8Matmul:
         self.scale = scale.to(torch.bfloat16)
         self.out_features = weight.shape[0]
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
         product = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scale)
-        return product.float() if out is None else out.copy_(product)
+        return (product.float() if out is None else out.copy_(product)).mul_(alpha)
 
     def add_to(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x.add_(torch._weight_int8pack_mm(y.to(torch.bfloat16), self.weight, self.scale))

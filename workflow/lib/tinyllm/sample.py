@@ -8,7 +8,7 @@ from pathlib import Path
 from tinyllm.checkpoint import checkpoint_info, load_model_and_tokenizer
 from tinyllm.devices import resolve_device
 from tinyllm.files import atomic_output
-from tinyllm.generate import generate
+from tinyllm.generate import Decoder, generate
 from tinyllm.model import Transformer
 
 SETTINGS = ("temperature", "top_k", "top_p", "seed", "max_new_tokens", "num_samples")  # the sample section
@@ -21,12 +21,14 @@ def sample_texts(
     settings: dict,
     stop_at_story_end: bool = True,
     int8: bool = False,
+    decoder: Decoder | None = None,
 ) -> list[str]:
     """settings["num_samples"] continuations of prompt (text including the prompt), decoded as one batch.
 
     settings holds the sample section's knobs (SETTINGS). A sample ends where the model starts the next
     story: the pretokenized shards put BOS before every story and no EOS after it (llama2.c's layout), so a
-    trained model ends a story by predicting BOS, and run.c stops there too.
+    trained model ends a story by predicting BOS, and run.c stops there too. decoder: one to reuse (see
+    generate).
     """
     prompt_ids = tokenizer.encode(prompt, bos=True, eos=False)
     samples = generate(
@@ -40,6 +42,7 @@ def sample_texts(
         seed=settings.get("seed"),
         eos_id=tokenizer.bos_id if stop_at_story_end else None,
         int8=int8,
+        decoder=decoder,
     )
     return [tokenizer.decode(prompt_ids + new_ids) for new_ids in samples]
 
@@ -64,8 +67,9 @@ def write_samples(
     info = checkpoint_info(checkpoint)
     model, tokenizer = load_model_and_tokenizer(checkpoint, tokenizer_path, resolve_device(device))
     parts = [settings_header(checkpoint, info, settings)]
+    decoder = Decoder(model, settings["num_samples"])  # built once, for every prompt
     for p, prompt in enumerate(settings["prompts"], start=1):
-        for s, text in enumerate(sample_texts(model, tokenizer, prompt, settings), start=1):
+        for s, text in enumerate(sample_texts(model, tokenizer, prompt, settings, decoder=decoder), start=1):
             parts.append(f"\n## prompt {p}, sample {s}\n{text}\n")
     output = Path(output)
     with atomic_output(output, "w", encoding="utf-8", newline="\n") as f:
