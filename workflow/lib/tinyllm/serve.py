@@ -17,6 +17,7 @@ import dataclasses
 import hmac
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from importlib.resources import files
@@ -307,5 +308,8 @@ def serve(service: Service, host: str = "127.0.0.1", port: int = 8000, say=print
     # the stop was clean, so these no-op handlers make it an ordinary exit (status 0, no traceback).
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, lambda *_: None)
+    # The decoding thread and the event loop share the GIL; by default a thread that wants it waits 5 ms,
+    # long against a 10-30 ms batched step whose tokens the loop must send on.
+    sys.setswitchinterval(0.0005)
     uvicorn_server(service).run(sockets=[sock])
     say("tinyllm serve: stopped")
