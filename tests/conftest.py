@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -115,9 +117,16 @@ def small_tokenizer(shards_dir, tmp_path_factory) -> Path:
     return train_tokenizer(folder / "tiny.txt", folder / "tok512", 512, quiet=True)
 
 
-# --- a tiny model, for the model, generation, export and CLI tests -----------------------------------------
+# --- the one tiny model shape of the tests ------------------------------------------------------------------
 
-TINY_MODEL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
+# ModelArgs of every tiny model in the tests: random models, the story model, training runs (tiny_config) and
+# the end-to-end DAG (tests/configs/tiny.yaml, whose model section test_config checks against TINY_MODEL).
+# A test that needs another shape says why where it overrides a field.
+TINY_MODEL = dict(
+    dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, vocab_size=512, max_seq_len=64
+)
+# The same shape as the config's model section (the vocabulary is the tokenizer's: tokenizer.vocab_size).
+TINY_MODEL_SECTION = {key: value for key, value in TINY_MODEL.items() if key != "vocab_size"}
 
 
 def make_random_model(seed: int = 0, scale: float = 1.0, tied: bool = True, **overrides):
@@ -272,6 +281,94 @@ def write_tiny_config(shards_dir: Path, folder: Path, **section_overrides: dict)
     return write_yaml(folder / "tiny.yaml", config)
 
 
+def copy_workflow(dest: Path) -> Path:
+    """The workflow (Snakefile, config.yaml, rules, scripts, library, envs, profiles) copied with its mtimes,
+    to edit without touching the checkout: the copy's Snakefile."""
+    import shutil
+
+    dest.mkdir(parents=True)
+    for name in ("Snakefile", "config.yaml", "workflow", "envs", "profiles"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest / "Snakefile"
+
+
+# --- the tiny config through the whole DAG, once a session: the end-to-end tests and the fault suite read it
+
+
+# What a change of the trained model reruns: training and everything that reads its outputs.
+TRAIN_ONWARD = Counter(train=1, sample=1, export_runc=1, export_hf=1, export_gguf=1, report_summary=1)
+# Every config edit also rewrites the report's record of the config.
+CONFIG_RECORD = Counter(report_config=1)
+
+
+@dataclass
+class Run:
+    workdir: Path
+    config: Path  # the tiny config, data.url pointing at the test archive
+    root: Path  # the temporary folder holding workdir, config and the archive
+    seconds: float
+    outputs_per_job: dict[str, int]  # rule -> output files each of its jobs writes
+
+
+def outputs_per_job(rows: list[dict]) -> dict[str, int]:
+    """rule -> output files per job, from a summary after a complete run: every job has its own log."""
+    files, logs = Counter(), {}
+    for row in rows:
+        files[row["rule"]] += 1
+        logs.setdefault(row["rule"], set()).add(row["log-file(s)"])
+    assert all("-" not in rule_logs for rule_logs in logs.values()), logs
+    per_job = {rule: files[rule] // len(logs[rule]) for rule in files}
+    assert all(per_job[rule] * len(logs[rule]) == files[rule] for rule in files), (files, logs)
+    return per_job
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, shards_dir) -> Run:
+    """The tiny config run once through the whole DAG: `snakemake --cores 2 --resources gpu=1`. Never
+    written to: a test that changes anything works on a copy of its workdir."""
+    import time
+
+    root = tmp_path_factory.mktemp("pipeline")
+    config_path = write_tiny_config(shards_dir, root)
+    workdir = root / "run"
+    workdir.mkdir()
+    start = time.monotonic()
+    run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", configfiles=(config_path,), timeout=900)
+    seconds = time.monotonic() - start
+    per_job = outputs_per_job(dry_run_summary(workdir, config_path))
+    return Run(workdir=workdir, config=config_path, root=root, seconds=seconds, outputs_per_job=per_job)
+
+
+def pending(rows: list[dict]) -> list[dict]:
+    """The rows of a dry-run summary whose jobs a run would start."""
+    return [row for row in rows if row["plan"] == "update pending"]
+
+
+def describe(rows: list[dict]) -> str:
+    return "\n".join(f"{r['rule']}: {r['output_file']} ({r['status']})" for r in pending(rows)) or "nothing"
+
+
+def dry_run(run: Run, *configfiles: Path, workdir: Path | None = None, snakefile: Path = SNAKEFILE, extra=()):
+    """(Counter of jobs per rule that `snakemake` would run now, the summary's rows): the summary's pending
+    outputs counted in jobs, in run's workdir or another. The target rule `all` writes no file: left out."""
+    rows = dry_run_summary(workdir or run.workdir, *configfiles, snakefile=snakefile, extra=extra)
+    outputs = Counter(row["rule"] for row in pending(rows))
+    jobs = Counter()
+    for rule, count in outputs.items():
+        jobs[rule], partial = divmod(count, run.outputs_per_job[rule])
+        assert not partial, f"{count} pending outputs of {rule}, whose jobs write {run.outputs_per_job[rule]}"
+    return jobs, rows
+
+
+def override(run: Run, name: str, changes: dict) -> Path:
+    """A second --configfile holding only the changed keys (Snakemake merges it over the tiny config)."""
+    return write_yaml(run.root / f"override-{name}.yaml", changes)
+
+
 # --- a tiny model that ends its stories, for the tests that compare generation across runtimes -------------
 
 
@@ -342,17 +439,22 @@ def build_tiny_data(shards_dir: Path, folder: Path, vocab_size: int = 512) -> tu
 
 
 def tiny_config(**train_overrides) -> dict:
-    """A tiny model's and training's validated config sections, for tinyllm.train.train(config=...)."""
+    """The validated model and train sections of a tiny training run, for tinyllm.train.train(config=...):
+    TINY_MODEL with dropout (so resuming must restore its random stream too), 2 x 64 tokens twice per step
+    (TINY_STEP_TOKENS), 24 steps with an evaluation and a state checkpoint every 8."""
     from tinyllm.config import validate_config
 
     config = validate_config({
-        "model": {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16,
-                  "max_seq_len": 32, "dropout": 0.1},
-        "train": {"batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 3e-3, "max_iters": 24,
+        "model": {**TINY_MODEL_SECTION, "dropout": 0.1},
+        "train": {"batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 3e-3, "max_iters": 24,
                   "warmup_iters": 4, "eval_interval": 8, "eval_iters": 2, "log_interval": 2, "device": "cpu",
                   "dtype": "bfloat16", **train_overrides},
     })  # fmt: skip
     return {"model": config["model"], "train": config["train"]}
+
+
+# Tokens of one optimizer step of tiny_config(): batch_size x max_seq_len x gradient_accumulation_steps.
+TINY_STEP_TOKENS = 2 * TINY_MODEL["max_seq_len"] * 2
 
 
 def run_settings(config: dict, data: tuple[Path, Path], out: Path) -> dict:
@@ -371,9 +473,53 @@ def tiny_data(shards_dir, tmp_path_factory):
     return build_tiny_data(shards_dir, tmp_path_factory.mktemp("tiny_data"))
 
 
+@pytest.fixture(scope="session")
+def finished_run(tiny_data, tmp_path_factory):
+    """One uninterrupted training run of tiny_config() on tiny_data, in this process: (its output folder,
+    the summary train returned). Tests that resume, change or damage it work on copies."""
+    from tinyllm import train as training
+
+    out = tmp_path_factory.mktemp("finished_run")
+    return out, training.train(**run_settings(tiny_config(), tiny_data, out))
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """A CSV file's rows (metrics.csv), every cell the text written."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def stop_at_step(monkeypatch, step: int, signal_name: str = "SIGTERM") -> None:
+    """Training, in this process, sees signal_name requested at its step-th step (the loop asks once a
+    step), as if the signal had come then: it saves its state there and raises TrainingStopped."""
+    from tinyllm import train as training
+
+    calls = {"n": 0}
+
+    def requested(self, world, at_log_step):
+        calls["n"] += 1
+        return signal_name if calls["n"] == step else None
+
+    monkeypatch.setattr(training.StopSignals, "requested", requested)
+
+
+def both_rank_streams(bin_dir, split, batch_size, max_seq_len, device, seed=1337, **_):
+    """iter_batches' stand-in for one process that sees what 2 data-parallel ranks see: per optimizer step
+    of 4 micro-batches, rank 0's two, then rank 1's two (each rank's own stream of seed, rank, batch)."""
+    from tinyllm.batches import iter_batches
+
+    streams = [iter_batches(bin_dir, split, batch_size, max_seq_len, device, seed=seed, rank=r, world_size=2)
+               for r in range(2)]  # fmt: skip
+    while True:
+        yield from (next(stream) for stream in (streams[0], streams[0], streams[1], streams[1]))
+
+
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 3 MB tmpfs (root only: where mounting is not allowed, the test is skipped)."""
+def small_disk(tmp_path, request):
+    """A 3 MB tmpfs, or as large as the test's indirect parameter says ("8m"); root only: where mounting is
+    not allowed, the test is skipped."""
     import shutil
     import subprocess
 
@@ -381,7 +527,9 @@ def small_disk(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    size = getattr(request, "param", "3m")
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)]
+    done = subprocess.run(command, capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from tinyllm import bench
 from tinyllm.model import ModelArgs, Transformer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512, max_seq_len=32)
+# The tests' tiny shape with 8 query heads (4 key/value heads): a head_dim of 8, the smallest the attention
+# kernels take, so that the bench's kernel timings at the model's head_dim (attention_ms_*_d8) are checked;
+# and a context of 32: each path trains rounds of steps of 32 whole sequences, and 64 tokens would take the
+# test from about 5 s to 14 s on two busy cores with nothing more checked.
+TINY = ModelArgs(**{**TINY_MODEL, "n_heads": 8, "n_kv_heads": 4, "max_seq_len": 32})
 
 
+@pytest.mark.slow  # times several training paths: about 5 s
 def test_cuda_bench_figures_on_the_cpu():
     paths = (
         bench.CudaPath("fp32_eager", 8, 4, torch.float32),

@@ -51,6 +51,15 @@ def test_repository_config_yaml_is_valid_and_matches_schema_defaults():
     assert from_file == validate_config({})
 
 
+def test_the_tests_tiny_config_trains_the_tests_one_model_shape():
+    """tests/configs/tiny.yaml, the end-to-end runs' config, holds conftest's TINY_MODEL."""
+    from conftest import TINY_CONFIG, TINY_MODEL, TINY_MODEL_SECTION
+
+    tiny = yaml.safe_load(TINY_CONFIG.read_text())
+    assert tiny["model"] == TINY_MODEL_SECTION
+    assert tiny["tokenizer"]["vocab_size"] == TINY_MODEL["vocab_size"]
+
+
 def test_defaults_are_copies_not_shared():
     first, second = validate_config({}), validate_config({})
     first["sample"]["prompts"].append("another")

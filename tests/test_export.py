@@ -21,11 +21,7 @@ from tinyllm.model import ModelArgs, Transformer, rotary_tables
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = TINY_MODEL
-
-
-def random_model(seed: int = 0, tied: bool = True) -> Transformer:
-    """Random weights, scaled up for spread-out logits, with norm gains off 1 so their placement matters."""
-    return make_random_model(seed=seed, scale=3.0, tied=tied)
+# The models are make_random_model(scale=3.0): spread-out logits, norm gains off 1 so their placement matters.
 
 
 def our_logits(model: Transformer, tokens: list[int]) -> np.ndarray:
@@ -112,25 +108,18 @@ def runc_forward(path, tokens: list[int]) -> np.ndarray:
 
 
 def test_runc_header_and_size(tmp_path):
-    model = random_model()
+    model = make_random_model(scale=3.0)
     path = export_runc(model, tmp_path / "export" / "model.bin")
     args = model.args
     header = read_runc_header(path)
-    assert header == dict(
-        dim=64,
-        hidden_dim=args.hidden_dim,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=512,
-        max_seq_len=64,
-    )
+    shape = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
+    assert header == {"hidden_dim": args.hidden_dim, **{key: TINY[key] for key in shape}}
     assert path.stat().st_size == runc_file_size(header)
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.bin"]  # no temporary file left
 
 
 def test_runc_weights_are_in_run_c_order(tmp_path):
-    model = random_model()
+    model = make_random_model(scale=3.0)
     path = export_runc(model, tmp_path / "model.bin")
     data = np.fromfile(path, dtype="<f4", offset=28)
     dim, head_size = TINY["dim"], TINY["dim"] // TINY["n_heads"]
@@ -149,7 +138,7 @@ def test_runc_weights_are_in_run_c_order(tmp_path):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_a_run_c_forward_pass_over_the_export_reproduces_our_logits(tmp_path, tied):
-    model = random_model(seed=1, tied=tied)
+    model = make_random_model(seed=1, scale=3.0, tied=tied)
     path = export_runc(model, tmp_path / "model.bin")
     assert (read_runc_header(path)["vocab_size"] > 0) == tied  # negated when the classifier is separate
     ours = our_logits(model, TOKENS)
@@ -159,7 +148,7 @@ def test_a_run_c_forward_pass_over_the_export_reproduces_our_logits(tmp_path, ti
 
 
 def test_export_runc_reads_a_checkpoint(tmp_path):
-    model = random_model(seed=2)
+    model = make_random_model(seed=2, scale=3.0)
     checkpoint = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "model_args": model.args.to_dict(), "iter_num": 3}, checkpoint)
     path = export_runc(checkpoint, tmp_path / "model.bin")
@@ -191,7 +180,7 @@ def test_rotary_permutations_are_inverse():
 
 def test_transformers_loads_the_export_and_matches_our_logits(tmp_path, small_tokenizer):
     transformers = pytest.importorskip("transformers")
-    model = random_model(seed=3)
+    model = make_random_model(seed=3, scale=3.0)
     folder = export_hf(model, small_tokenizer, tmp_path / "export" / "hf")
     assert sorted(p.name for p in folder.iterdir()) == sorted(paths.HF_EXPORT_FILES)
     assert sorted(p.name for p in folder.parent.iterdir()) == ["hf"]  # no temporary file left
@@ -211,7 +200,7 @@ def test_transformers_loads_the_export_and_matches_our_logits(tmp_path, small_to
 
 
 def test_hf_state_dict_stores_each_tensor_once():
-    model = random_model()
+    model = make_random_model(scale=3.0)
     tensors = hf_state_dict(model)
     assert "lm_head.weight" not in tensors
     assert len(tensors) == 2 + 9 * TINY["n_layers"]

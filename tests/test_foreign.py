@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_MODEL, make_random_model
+from conftest import TINY_MODEL, TINY_MODEL_SECTION, make_random_model
 from tinyllm import cli
 from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
 from tinyllm.errors import CheckpointError
@@ -70,16 +70,7 @@ def test_a_llama2c_train_py_checkpoint_imports(tmp_path):
     checkpoint = {
         "model": {f"_orig_mod.{name}": t.clone() for name, t in model.state_dict().items()},
         "optimizer": {"state": {}, "param_groups": []},
-        "model_args": {
-            "dim": 64,
-            "n_layers": 2,
-            "n_heads": 4,
-            "n_kv_heads": 2,
-            "vocab_size": 512,
-            "multiple_of": 32,
-            "max_seq_len": 64,
-            "dropout": 0.0,
-        },
+        "model_args": {**TINY_MODEL, "dropout": 0.0},
         "iter_num": 298000,
         "best_val_loss": 1.07,
         "config": {"batch_size": 128, "dtype": "bfloat16", "compile": True},
@@ -157,7 +148,7 @@ def test_weights_that_do_not_fit_the_model_args_are_named(tmp_path):
 
 # --- check_matches ------------------------------------------------------------------------------------------
 
-CONFIG_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "max_seq_len": 64}
+CONFIG_MODEL = TINY_MODEL_SECTION
 
 
 def test_check_matches_accepts_the_same_model():

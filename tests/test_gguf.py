@@ -54,15 +54,16 @@ def test_metadata_describes_a_llama_model(gguf_file, model):
     args = model.args
     assert meta["general.architecture"] == "llama"
     assert meta["general.file_type"] == gguf.LlamaFileType.ALL_F32
-    assert meta["llama.context_length"] == args.max_seq_len == 64
+    assert meta["llama.context_length"] == args.max_seq_len == TINY_MODEL["max_seq_len"]
     assert meta["llama.embedding_length"] == args.dim
     assert meta["llama.block_count"] == args.n_layers
     assert meta["llama.feed_forward_length"] == args.hidden_dim
-    assert (meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]) == (4, 2)
+    heads = (meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"])
+    assert heads == (args.n_heads, args.n_kv_heads) == (TINY_MODEL["n_heads"], TINY_MODEL["n_kv_heads"])
     assert meta["llama.rope.dimension_count"] == args.head_dim
     assert meta["llama.rope.freq_base"] == 10000.0
     assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
-    assert meta["llama.vocab_size"] == 512
+    assert meta["llama.vocab_size"] == args.vocab_size == TINY_MODEL["vocab_size"]
 
 
 def test_the_tokenizer_is_embedded(gguf_file, small_tokenizer):

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import TINY_MODEL
 from tinyllm import cli, paths
 from tinyllm.export_hf import export_hf
 from tinyllm.generate import generate
@@ -55,12 +56,13 @@ def test_the_folder_describes_the_tokenizer_and_where_generation_stops(hf_folder
     tokenizer_config = json.loads((hf_folder / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "LlamaTokenizerFast"
     assert (tokenizer_config["add_bos_token"], tokenizer_config["add_eos_token"]) == (True, False)
-    assert tokenizer_config["model_max_length"] == 64  # the model's max_seq_len
+    context = TINY_MODEL["max_seq_len"]
+    assert tokenizer_config["model_max_length"] == context  # the model's max_seq_len
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     assert json.loads((hf_folder / "special_tokens_map.json").read_text()) == special
     assert {k: tokenizer_config[k] for k in special} == special
     generation = json.loads((hf_folder / "generation_config.json").read_text())
-    assert generation == {"bos_token_id": 1, "eos_token_id": 1, "max_length": 64}  # stop at BOS
+    assert generation == {"bos_token_id": 1, "eos_token_id": 1, "max_length": context}  # stop at BOS
     fast = json.loads((hf_folder / "tokenizer.json").read_text())
     assert fast["model"]["type"] == "BPE" and fast["model"]["byte_fallback"] is True
     assert len(fast["model"]["vocab"]) == 512
@@ -85,6 +87,7 @@ print(json.dumps({"class": type(tokenizer).__name__, "max_length": tokenizer.mod
 """
 
 
+@pytest.mark.slow  # transformers in a child process: about 4 s
 def test_autotokenizer_gives_our_ids_on_every_validation_story(
     hf_folder, shards_dir, small_tokenizer, tmp_path
 ):
@@ -96,7 +99,7 @@ def test_autotokenizer_gives_our_ids_on_every_validation_story(
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     theirs = run_without_sentencepiece(AUTOTOKENIZER, str(hf_folder), str(tmp_path / "texts.json"))
     assert theirs["class"] in ("LlamaTokenizerFast", "LlamaTokenizer")  # transformers 5 merged the two
-    assert theirs["max_length"] == 64
+    assert theirs["max_length"] == TINY_MODEL["max_seq_len"]
     assert len(stories) > 100
     for text, ids, decoded in zip(texts, theirs["ids"], theirs["decoded"], strict=True):
         expected = ours.encode(text, bos=True, eos=False)
@@ -117,6 +120,7 @@ print(json.dumps({"text": text, "ids": [int(t) for t in tokens[0]["generated_tok
 """
 
 
+@pytest.mark.slow  # transformers in a child process: about 4 s
 def test_pipeline_greedy_writes_what_tinyllm_sample_writes_and_stops_at_the_story_end(
     hf_folder, story_model, small_tokenizer, capsys
 ):

@@ -7,12 +7,8 @@ import math
 import pytest
 import torch
 from conftest import TINY_MODEL as TINY
+from conftest import make_random_model as tiny_model
 from tinyllm.model import ModelArgs, Transformer, apply_rotary, load_model, rotary_tables
-
-
-def tiny_model(seed: int = 0, **overrides) -> Transformer:
-    torch.manual_seed(seed)
-    return Transformer(ModelArgs(**{**TINY, **overrides})).eval()
 
 
 def random_tokens(batch: int, length: int, vocab: int = TINY["vocab_size"], seed: int = 1) -> torch.Tensor:

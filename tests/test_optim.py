@@ -7,8 +7,8 @@ import io
 import pytest
 import torch
 from conftest import TINY_MODEL
+from conftest import make_random_model as tiny_model
 from tinyllm.config import validate_config
-from tinyllm.model import ModelArgs, Transformer
 from tinyllm.optim import (
     NS_COEFFICIENTS,
     NS_STEPS,
@@ -66,12 +66,16 @@ def test_wsd_decay_never_starts_inside_the_warmup(fraction, decay_start):
     assert all(lr < peak for lr in lrs[decay_start + 1 :]) and lrs[100] == cfg["min_lr"]
 
 
+def test_wsd_decays_over_the_last_fraction_of_the_budget():
+    budget = {"max_iters": 10**6, "max_minutes": 10, "min_lr": 0.0}
+    cfg = train_config(lr_schedule="wsd", decay_fraction=0.2, learning_rate=3e-3, warmup_iters=4, **budget)
+    peak = cfg["learning_rate"]
+    assert get_lr(100, cfg, spent_s=0.79 * 600) == peak
+    assert get_lr(100, cfg, spent_s=0.9 * 600) == pytest.approx(peak / 2)
+    assert get_lr(100, cfg, spent_s=600) == 0.0
+
+
 # --- optimizers --------------------------------------------------------------------------------------------
-
-
-def tiny_model(seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    return Transformer(ModelArgs(**TINY_MODEL))
 
 
 def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +106,10 @@ def test_adamw_is_the_default_and_decays_matrices_only():
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert any(p is model.tok_embeddings.weight for p in decay["params"])  # tied: listed once
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    norms = 2 * TINY_MODEL["n_layers"] + 1  # attention_norm and ffn_norm per layer, and the final norm
+    assert len(no_decay["params"]) == norms
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():

@@ -4,107 +4,36 @@ One complete run per test session (the `tiny_run` fixture); every other test rea
 Snakemake, with dry runs in the same working directory, which jobs a change would schedule. Those answers
 come from `snakemake --dry-run --summary`, Snakemake's tab-separated table of every output file of the DAG
 with its rule, log, status and plan ("update pending" where its job would run), not from its console
-messages. Tests that must write (the killed run) work on a copy of that directory.
+messages. The fault suite (tests/faults) reads the same run and damages copies of it: a killed run, signals,
+outputs in the way.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
 import tarfile
-import time
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from conftest import (
-    REPO,
-    SNAKEFILE,
-    SNAKEMAKE,
+    CONFIG_RECORD,
+    TINY_MODEL,
+    TRAIN_ONWARD,
+    copy_workflow,
+    describe,
+    dry_run,
     dry_run_summary,
+    override,
     run_snakemake,
-    tail,
-    write_tiny_config,
-    write_yaml,
 )
 from tinyllm.corpus import iter_shard
 
 pytestmark = pytest.mark.slow
-
-# What a change of the trained model reruns: training and everything that reads its outputs.
-TRAIN_ONWARD = Counter(train=1, sample=1, export_runc=1, export_hf=1, export_gguf=1, report_summary=1)
-# Every config edit also rewrites the report's record of the config.
-CONFIG_RECORD = Counter(report_config=1)
-
-
-@dataclass
-class Run:
-    workdir: Path
-    config: Path  # the tiny config, data.url pointing at the test archive
-    root: Path  # the temporary folder holding workdir, config and the archive
-    seconds: float
-    outputs_per_job: dict[str, int]  # rule -> output files each of its jobs writes
-
-
-def pending(rows: list[dict]) -> list[dict]:
-    return [row for row in rows if row["plan"] == "update pending"]
-
-
-def describe(rows: list[dict]) -> str:
-    return "\n".join(f"{r['rule']}: {r['output_file']} ({r['status']})" for r in pending(rows)) or "nothing"
-
-
-def dry_run(
-    run: Run, *configfiles: Path, workdir: Path | None = None, snakefile: Path = SNAKEFILE, extra=()
-) -> tuple[Counter, list[dict]]:
-    """Jobs per rule that `snakemake` would run now (the summary's pending outputs, counted in jobs), and
-    the summary's rows. The run's target rule `all` writes no file and is left out."""
-    rows = dry_run_summary(workdir or run.workdir, *configfiles, snakefile=snakefile, extra=extra)
-    outputs = Counter(row["rule"] for row in pending(rows))
-    jobs = Counter()
-    for rule, count in outputs.items():
-        jobs[rule], partial = divmod(count, run.outputs_per_job[rule])
-        assert not partial, f"{count} pending outputs of {rule}, whose jobs write {run.outputs_per_job[rule]}"
-    return jobs, rows
-
-
-def outputs_per_job(rows: list[dict]) -> dict[str, int]:
-    """rule -> output files per job, from a summary after a complete run: every job has its own log."""
-    files, logs = Counter(), {}
-    for row in rows:
-        files[row["rule"]] += 1
-        logs.setdefault(row["rule"], set()).add(row["log-file(s)"])
-    assert all("-" not in rule_logs for rule_logs in logs.values()), logs
-    per_job = {rule: files[rule] // len(logs[rule]) for rule in files}
-    assert all(per_job[rule] * len(logs[rule]) == files[rule] for rule in files), (files, logs)
-    return per_job
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, shards_dir) -> Run:
-    """The tiny config run once through the whole DAG: `snakemake --cores 2 --resources gpu=1`."""
-    root = tmp_path_factory.mktemp("pipeline")
-    config_path = write_tiny_config(shards_dir, root)
-    workdir = root / "run"
-    workdir.mkdir()
-    start = time.monotonic()
-    run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", configfiles=(config_path,), timeout=900)
-    seconds = time.monotonic() - start
-    per_job = outputs_per_job(dry_run_summary(workdir, config_path))
-    return Run(workdir=workdir, config=config_path, root=root, seconds=seconds, outputs_per_job=per_job)
-
-
-def override(run: Run, name: str, changes: dict) -> Path:
-    """A second --configfile holding only the changed keys (Snakemake merges it over the tiny config)."""
-    return write_yaml(run.root / f"override-{name}.yaml", changes)
 
 
 def config_args(changes: dict) -> tuple[str, ...]:
@@ -236,7 +165,7 @@ def test_summary_holds_the_final_losses(tiny_run):
         assert f"{loss:.4f}" in page
         assert summary[split]["bits_per_byte"] is not None, f"metrics.csv has no {split} bits-per-byte column"
     config = yaml.safe_load((wd / "results/report/config.yaml").read_text())
-    assert config["model"]["dim"] == 64 and config["train"]["beta2"] == 0.95  # a tiny value and a default
+    assert config["model"]["dim"] == TINY_MODEL["dim"] and config["train"]["beta2"] == 0.95  # tiny; a default
 
 
 # --- what a change reruns ------------------------------------------------------------
@@ -271,18 +200,6 @@ def test_config_change_reruns_exactly_what_it_touches(tiny_run, case):
     assert jobs == expected + CONFIG_RECORD, f"{case} ({how}): scheduled {dict(jobs)}\n{describe(rows)}"
 
 
-def copy_workflow(dest: Path) -> Path:
-    """The workflow (Snakefile, config, rules, scripts, library, envs, profiles) copied with its mtimes."""
-    dest.mkdir(parents=True)
-    for name in ("Snakefile", "config.yaml", "workflow", "envs", "profiles"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest / "Snakefile"
-
-
 def test_library_edit_reruns_training_onward(tiny_run, tmp_path):
     snakefile = copy_workflow(tmp_path / "workflow-copy")
     jobs, rows = dry_run(tiny_run, tiny_run.config, snakefile=snakefile)
@@ -292,76 +209,6 @@ def test_library_edit_reruns_training_onward(tiny_run, tmp_path):
     model_py.write_text(model_py.read_text() + "\n# edited by test_library_edit_reruns_training_onward\n")
     jobs, rows = dry_run(tiny_run, tiny_run.config, snakefile=snakefile)
     assert jobs == TRAIN_ONWARD, f"after editing model.py: {dict(jobs)}\n{describe(rows)}"
-
-
-def processes_in(folder: Path, cmdline_part: str = "") -> list[int]:
-    """Pids of processes working in folder (or below it) whose command line contains cmdline_part."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cwd = Path(os.readlink(proc / "cwd"))
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if (cwd == folder or folder in cwd.parents) and cmdline_part in cmdline:
-            pids.append(int(proc.name))
-    return pids
-
-
-def test_killed_training_is_redone(tiny_run, tmp_path):
-    """SIGKILL the run while the train script runs: the next run must redo train, not take its outputs."""
-    workdir = tmp_path / "run"
-    shutil.copytree(tiny_run.workdir, workdir, symlinks=True)
-    # Far more steps than the kill waits for, so the job is surely midway.
-    longer = override(tiny_run, "killed", {"train": {"max_iters": 100000}})
-    log = workdir / "logs/train/train.log"
-    started = time.time()
-    cmd = [*SNAKEMAKE, "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2"]
-    cmd += ["--resources", "gpu=1", "--configfile", str(tiny_run.config), str(longer)]
-    console = tmp_path / "killed-run.log"
-    with open(console, "w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        # Midway: the rule's script process is alive and has written to the log Snakemake cleared for it.
-        def train_running() -> bool:
-            fresh_log = log.is_file() and log.stat().st_mtime > started and log.stat().st_size > 0
-            return fresh_log and bool(processes_in(workdir, ".train.py"))
-
-        deadline = time.monotonic() + 180
-        while not train_running():
-            assert proc.poll() is None, f"the run ended before train started:\n{tail(console.read_text())}"
-            assert time.monotonic() < deadline, f"train did not start:\n{tail(console.read_text())}"
-            time.sleep(0.2)
-        time.sleep(1)
-        assert processes_in(workdir, ".train.py"), "train ended before it could be killed"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        for pid in processes_in(workdir):  # anything the run started outside its process group
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    # A hard kill leaves Snakemake's lock behind; its message tells the user to unlock, as the test does.
-    run_snakemake(workdir, "--unlock", configfiles=(tiny_run.config, longer))
-    # The same command again redoes train and what follows, because its outputs are gone ...
-    jobs, rows = dry_run(tiny_run, tiny_run.config, longer, workdir=workdir)
-    assert jobs == TRAIN_ONWARD + CONFIG_RECORD, f"rerun after the kill: {dict(jobs)}\n{describe(rows)}"
-    train_status = {r["output_file"]: r["status"] for r in rows if r["rule"] == "train"}
-    assert set(train_status.values()) == {"missing"}, f"train's outputs after the kill: {train_status}"
-    # ... and so does asking for its checkpoint under the first config: its params are the ones Snakemake
-    # recorded, so only a missing ckpt.pt can schedule train. (Without a target Snakemake keeps that run's
-    # samples and exports, which are complete, and does not rebuild what they came from.)
-    jobs, rows = dry_run(tiny_run, tiny_run.config, workdir=workdir, extra=("results/train/ckpt.pt",))
-    assert jobs == Counter(train=1), f"asking for ckpt.pt after the kill: {dict(jobs)}\n{describe(rows)}"
 
 
 # --- the report ----------------------------------------------------------------------
@@ -387,7 +234,9 @@ def test_report_has_losses_samples_dag_and_config(tiny_run, tmp_path):
 
     # The page describes this run (workflow/report/workflow.rst filled from the config) and every rule.
     text = " ".join(page.read_text().replace("\\n", " ").split())
-    for fact in ("tokenizer with 512 tokens", "(2 layers, width 64, context 64) is trained for 40 steps"):
+    layers, dim, context = (TINY_MODEL[key] for key in ("n_layers", "dim", "max_seq_len"))
+    shape = f"({layers} layers, width {dim}, context {context})"
+    for fact in (f"tokenizer with {TINY_MODEL['vocab_size']} tokens", f"{shape} is trained for 40 steps"):
         assert fact in text, f"the report's description lacks {fact!r}"
     rules = {r["rule"] for r in dry_run_summary(wd, tiny_run.config)}
     absent = sorted(rule for rule in rules if f'"{rule}"' not in text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shutil
@@ -15,44 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_settings, tiny_config
+from conftest import TINY_MODEL, TINY_STEP_TOKENS, read_csv_rows, run_settings, stop_at_step, tiny_config
 from tinyllm import train as training
 from tinyllm.checkpoint import save_checkpoint
 from tinyllm.errors import CheckpointError, DataError, DiskFullError, TrainingDiverged, TrainingStopped
-from tinyllm.model import ModelArgs, Transformer, load_model
-from tinyllm.optim import configure_optimizer, get_lr
+from tinyllm.model import Transformer, load_model
+from tinyllm.optim import get_lr
 from tinyllm.report import METRIC_COLUMNS
 from tinyllm.resume import rng_state, set_rng_state
 
 LIB_DIR = Path(training.__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_data, tmp_path_factory):
-    """One uninterrupted tiny training run: (its output folder, the summary train returned)."""
-    out = tmp_path_factory.mktemp("finished_run")
-    return out, training.train(**run_settings(tiny_config(), tiny_data, out))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-# --- optimizer groups --------------------------------------------------------------------------------
-
-
-def test_weight_decay_only_on_matrices():
-    torch.manual_seed(0)
-    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64))
-    optimizer = configure_optimizer(model, tiny_config()["train"], torch.device("cpu"))
-    decay, no_decay = optimizer.param_groups
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
-    assert any(p is model.tok_embeddings.weight for p in decay["params"])  # tied: listed once
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    norms = 2 * 2 + 1  # attention_norm and ffn_norm per layer, and the final norm
-    assert len(no_decay["params"]) == norms
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------
@@ -100,13 +71,13 @@ def test_checkpoints_round_trip(finished_run):
 
 def test_metrics_and_plot_are_written(finished_run):
     out, summary = finished_run
-    rows = read_metrics(out / "metrics.csv")
+    rows = read_csv_rows(out / "metrics.csv")
     assert list(rows[0]) == list(METRIC_COLUMNS)
     evals = [r for r in rows if r["event"] == "eval"]
     steps = [r for r in rows if r["event"] == "train"]
     assert [int(r["iter"]) for r in evals] == [0, 8, 16, 24]
     assert [int(r["iter"]) for r in steps] == list(range(2, 25, 2))
-    assert all(int(r["tokens"]) == int(r["iter"]) * 4 * 32 * 2 for r in rows)
+    assert all(int(r["tokens"]) == int(r["iter"]) * TINY_STEP_TOKENS for r in rows)
     ratio = summary["tokens_per_byte"] / math.log(2)
     for row in evals:
         assert float(row["val_bpb"]) == pytest.approx(float(row["val_loss"]) * ratio)
@@ -185,7 +156,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, finished_r
 
     def losses(path: Path) -> list[dict]:  # everything but the timings
         timings = ("tokens_per_s", "mfu", "elapsed_s")
-        return [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(path)]
+        return [{k: v for k, v in row.items() if k not in timings} for row in read_csv_rows(path)]
 
     assert losses(tmp_path / "metrics.csv") == losses(reference_out / "metrics.csv")
 
@@ -212,7 +183,7 @@ def test_config_change_starts_fresh_and_keeps_the_old_state(tiny_data, finished_
     log = capsys.readouterr().err
     assert "train.learning_rate: 0.003 -> 0.001" in log and "starting fresh" in log
     assert summary["iter_num"] == 8
-    assert [int(r["iter"]) for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "eval"] == [0, 8]
+    assert [int(r["iter"]) for r in read_csv_rows(tmp_path / "metrics.csv") if r["event"] == "eval"] == [0, 8]
     old = torch.load(tmp_path / "state" / "stale" / "state.pt", weights_only=True)
     assert old["iter_num"] == 24 and old["config"] == tiny_config()
     assert torch.load(tmp_path / "state" / "state.pt", weights_only=True)["config"] == config
@@ -355,7 +326,7 @@ def test_init_from_starts_at_the_checkpoints_weights(tiny_data, finished_run, tm
     reference_out, reference = finished_run
     config = tiny_config(init_from=str(reference_out / "ckpt.pt"), max_iters=8, learning_rate=1e-4)
     training.train(**run_settings(config, tiny_data, tmp_path))
-    first_eval = next(r for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "eval")
+    first_eval = next(r for r in read_csv_rows(tmp_path / "metrics.csv") if r["event"] == "eval")
     # The same fixed evaluation batches as the finished run's last evaluation, on its final weights.
     assert float(first_eval["val_loss"]) == pytest.approx(reference["val_loss"], abs=1e-6)
     assert f"starting from the weights of {reference_out / 'ckpt.pt'}" in capsys.readouterr().err
@@ -364,24 +335,20 @@ def test_init_from_starts_at_the_checkpoints_weights(tiny_data, finished_run, tm
 def test_init_from_a_model_of_another_shape_names_the_first_mismatch(tiny_data, finished_run, tmp_path):
     reference_out, _ = finished_run
     config = tiny_config(init_from=str(reference_out / "ckpt.pt"))
-    config["model"] = {**config["model"], "dim": 64}
+    config["model"] = {**config["model"], "dim": 32}  # another shape than the checkpoint's TINY_MODEL
     with pytest.raises(CheckpointError) as caught:
         training.train(**run_settings(config, tiny_data, tmp_path))
-    source = reference_out / "ckpt.pt"
-    assert str(caught.value) == f"train.init_from {source} has model.dim 32, the config says 64"
+    source, dim = reference_out / "ckpt.pt", TINY_MODEL["dim"]
+    assert str(caught.value) == f"train.init_from {source} has model.dim {dim}, the config says 32"
     assert not (tmp_path / "state").exists()
 
 
+# 8 MB: room for a state of TINY_MODEL (weights and AdamW's moments, 1.6 MB), its temporary and best.pt
+@pytest.mark.parametrize("small_disk", ["8m"], indirect=True)
 def test_a_full_disk_while_saving_is_one_line_and_the_state_before_stays(tiny_data, small_disk, monkeypatch):
     settings = run_settings(tiny_config(max_iters=16), tiny_data, small_disk)
-    calls = {"n": 0}
-
-    def stop_at_iteration_12(self, world, at_log_step):
-        calls["n"] += 1
-        return "SIGTERM" if calls["n"] == 12 else None
-
     with monkeypatch.context() as patch:
-        patch.setattr(training.StopSignals, "requested", stop_at_iteration_12)
+        stop_at_step(patch, 12)
         with pytest.raises(TrainingStopped):
             training.train(**settings)
     state, best = small_disk / "state" / "state.pt", small_disk / "state" / "best.pt"
@@ -417,7 +384,7 @@ def test_a_time_budget_ends_training_and_evaluates_once_at_the_end(tiny_data, tm
     config = tiny_config(max_iters=1000, max_minutes=0.5)  # 30 s: one second per step after the first
     summary = training.train(**run_settings(config, tiny_data, tmp_path))
     assert summary["iter_num"] == 31 and summary["elapsed_s"] == 30.0
-    rows = read_metrics(tmp_path / "metrics.csv")
+    rows = read_csv_rows(tmp_path / "metrics.csv")
     assert [int(r["iter"]) for r in rows if r["event"] == "eval"] == [0, 8, 16, 24, 31]
     assert float(rows[-1]["elapsed_s"]) == 30.0 and rows[-1]["event"] == "eval"
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 31
@@ -429,7 +396,7 @@ def test_the_schedule_follows_the_time_budget(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "now", FakeClock())
     config = tiny_config(max_iters=1000, max_minutes=0.5, min_lr=0.0, warmup_iters=4)
     training.train(**run_settings(config, tiny_data, tmp_path))
-    steps = [r for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "train"]
+    steps = [r for r in read_csv_rows(tmp_path / "metrics.csv") if r["event"] == "train"]
     for row in steps:  # step i (1-based) starts after i - 2 timed seconds (the first step is not timed)
         it = int(row["iter"])
         assert float(row["lr"]) == pytest.approx(get_lr(it - 1, config["train"], max(0, it - 2)))
@@ -438,26 +405,11 @@ def test_the_schedule_follows_the_time_budget(tiny_data, tmp_path, monkeypatch):
     assert get_lr(30, config["train"], 0.0) > 0.99 * config["train"]["learning_rate"]
 
 
-def test_wsd_decays_over_the_last_fraction_of_the_budget():
-    budget = {"max_iters": 10**6, "max_minutes": 10, "min_lr": 0.0}
-    cfg = tiny_config(lr_schedule="wsd", decay_fraction=0.2, **budget)["train"]
-    peak = cfg["learning_rate"]
-    assert get_lr(100, cfg, spent_s=0.79 * 600) == peak
-    assert get_lr(100, cfg, spent_s=0.9 * 600) == pytest.approx(peak / 2)
-    assert get_lr(100, cfg, spent_s=600) == 0.0
-
-
 def test_resume_carries_the_training_time_spent(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "now", FakeClock())
     settings = run_settings(tiny_config(max_iters=1000, max_minutes=0.5), tiny_data, tmp_path)
-    calls = {"n": 0}
-
-    def sigterm_at_iteration_10(self, world, at_log_step):  # asked once per step
-        calls["n"] += 1
-        return "SIGTERM" if calls["n"] == 10 else None
-
     with monkeypatch.context() as patch:
-        patch.setattr(training.StopSignals, "requested", sigterm_at_iteration_10)
+        stop_at_step(patch, 10)
         with pytest.raises(TrainingStopped):
             training.train(**settings)
     state = torch.load(tmp_path / "state" / "state.pt", weights_only=True)
@@ -465,5 +417,5 @@ def test_resume_carries_the_training_time_spent(tiny_data, tmp_path, monkeypatch
     summary = training.train(**settings)
     # The resumed process's first step (11) is not timed either: 9 s + steps 12..32 = 30 s.
     assert summary["iter_num"] == 32 and summary["elapsed_s"] == 30.0
-    evals = [r for r in read_metrics(tmp_path / "metrics.csv") if r["event"] == "eval"]
+    evals = [r for r in read_csv_rows(tmp_path / "metrics.csv") if r["event"] == "eval"]
     assert [int(r["iter"]) for r in evals] == [0, 8, 16, 24, 32]

@@ -129,7 +129,7 @@ def run_settings(config: dict, data: ReferenceData, out: Path, state_dir: Path |
     """tinyllm.train.train's arguments for a run on the reference data, outputs in out (state: out/state)."""
     return {
         "config": config,
-        "bin_dir": str(data.bin_dir),
+        "shards": str(data.bin_dir),
         "tokenizer_model": str(data.tokenizer_model),
         "state_dir": str(state_dir or out / "state"),
         "ckpt_path": str(out / "ckpt.pt"),

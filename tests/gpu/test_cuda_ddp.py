@@ -10,6 +10,7 @@ data or a missed gradient sync would change.
 from __future__ import annotations
 
 import pytest
+from conftest import TINY_MODEL_SECTION, both_rank_streams
 
 from .conftest import full_config, read_metrics, run_settings
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.gpu
 
 LOSS_TOLERANCE = 2e-3
 WEIGHT_TOLERANCE = 2e-3
-SMALL_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64}
+SMALL_MODEL = TINY_MODEL_SECTION  # the tests' tiny shape, on the reference data's 4096-token vocabulary
 
 
 def ddp_config(**train_overrides) -> dict:
@@ -35,18 +36,11 @@ def test_two_nccl_ranks_match_one_process(reference_data, tmp_path, monkeypatch)
             f"NCCL data parallelism needs 2+ CUDA devices; this machine has {torch.cuda.device_count()}"
         )
     from tinyllm import train as training
-    from tinyllm.batches import iter_batches
     from tinyllm.ddp import launch_distributed
 
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     settings = run_settings(ddp_config(gradient_accumulation_steps=2, gpus=2), reference_data, ddp_out)
     launch_distributed(settings, 2, ddp_out / "launch.json")
-
-    def both_rank_streams(bin_dir, split, batch_size, max_seq_len, device, seed=1337, **_):
-        streams = [iter_batches(bin_dir, split, batch_size, max_seq_len, device, seed=seed, rank=r,
-                                world_size=2) for r in range(2)]  # fmt: skip
-        while True:  # one optimizer step: rank 0's two micro-batches, then rank 1's
-            yield from (next(stream) for stream in (streams[0], streams[0], streams[1], streams[1]))
 
     monkeypatch.setattr(training, "iter_batches", both_rank_streams)
     training.train(**run_settings(ddp_config(gradient_accumulation_steps=4), reference_data, single_out))
