@@ -189,7 +189,9 @@ class Engine:
         with self.wake:
             if self.closed:
                 raise RuntimeError("the server is shutting down")
-            free_rows = self.batch.free_rows() - self.admitting
+            # Rows whose completion just ended count as free: its client may ask again before the retire.
+            live = sum(not (c.finished or c.cancelled) for c in list(self.batch.active))
+            free_rows = self.batch.decoder.rows - live - self.admitting
             if len(self.waiting) + len(completions) > self.max_waiting + free_rows:
                 raise QueueFull(
                     f"{len(self.waiting)} completions already wait (queue bound {self.max_waiting})"
