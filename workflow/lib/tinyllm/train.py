@@ -215,7 +215,7 @@ def log_metrics(run: Setup, progress: Progress, pending: list, lr: float, since:
         "event": "train", "iter": it, "tokens": it * run.tokens_per_iter, "train_loss": values[-1], "lr": lr,
         "tokens_per_s": tokens_per_s, "mfu": mfu, "elapsed_s": progress.elapsed_s,
     })  # fmt: skip
-    bar.set_postfix(loss=f"{values[-1]:.4f}", tok_s=f"{tokens_per_s or 0:,.0f}", mfu=f"{mfu or 0:.1%}",
+    bar.set_postfix(it=it, loss=f"{values[-1]:.4f}", tok_s=f"{tokens_per_s or 0:,.0f}", mfu=f"{mfu or 0:.1%}",
                     refresh=False)  # fmt: skip
 
 
@@ -258,12 +258,17 @@ def write_outputs(run: Setup, progress: Progress, ckpt_path, best_path, metrics_
 
 
 def progress_bar(cfg: dict, progress: Progress, world: World):
-    """The optimizer steps' progress bar (rank 0's), refreshed every 30 s where stderr is a log file."""
+    """Rank 0's progress bar, over the optimizer steps or, for a time budget, over its seconds; refreshed
+    every 30 s where stderr is a log file."""
     from tqdm import tqdm
 
     refresh_s = 1 if sys.stderr.isatty() else 30
-    return tqdm(total=cfg["max_iters"], initial=progress.iter_num, unit="it", disable=not world.master,
-                file=sys.stderr, dynamic_ncols=True, mininterval=refresh_s)  # fmt: skip
+    total, done, layout = cfg["max_iters"], progress.iter_num, None
+    if cfg["max_minutes"]:  # seconds of training, which the wall clock overtakes at evaluations
+        total, done = 60 * cfg["max_minutes"], progress.elapsed_s
+        layout = "{l_bar}{bar}| {n:.0f}/{total:.0f} s of training [{elapsed}{postfix}]"
+    return tqdm(total=total, initial=done, unit="it", disable=not world.master, file=sys.stderr,
+                dynamic_ncols=True, mininterval=refresh_s, bar_format=layout)  # fmt: skip
 
 
 def train(
@@ -316,12 +321,13 @@ def train(
                 progress.iter_num += 1
                 it = progress.iter_num
                 pending.append((it, loss))
-                bar.update(1)
 
                 # Training time: this step's wall time, unless it was the process's first (compile, warm-up).
                 t = now()
-                progress.elapsed_s += t - mark if mark is not None else 0.0
+                step_s = t - mark if mark is not None else 0.0
+                progress.elapsed_s += step_s
                 mark, start, since = t, start or (it, progress.elapsed_s), since or (it, progress.elapsed_s)
+                bar.update(step_s if cfg["max_minutes"] else 1)
                 log_step = it % cfg["log_interval"] == 0
                 eval_step = it % cfg["eval_interval"] == 0 or it == cfg["max_iters"]
                 if budget_s < math.inf and (log_step or not world.distributed):
