@@ -16,20 +16,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import (
     REPO,
     SNAKEFILE,
-    SNAKEMAKE,
     TINY_CONFIG,
     make_random_model,
     run_snakemake,
-    stop_group,
     tail,
     write_tiny_config,
     write_yaml,
@@ -453,59 +449,3 @@ def test_a_killed_exports_temporary_goes_when_the_export_is_redone(finished, tmp
     leftover.write_bytes(b"\0" * 4096)
     run_snakemake(workdir, "--cores", "1", "results/export/model.gguf", configfiles=(finished[1],))
     assert not leftover.exists() and (export / "model.gguf").stat().st_size > 0
-
-
-# --- 13 and 14. SIGTERM or SIGINT to a local Snakemake alone ---------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_signal_to_snakemake_alone_stops_training_with_its_line_and_keeps_the_state(
-    signum, finished, tmp_path
-):
-    """Training used to be told nothing and run to its end; Snakemake then exited 1 anyway."""
-    workdir = copy_run(finished, tmp_path / "run")
-    for name in TRAIN_OUTPUTS:  # training is to run; nothing upstream, whatever edits the tree saw since
-        (workdir / "results/train" / name).unlink()
-    only_missing = ("--rerun-triggers", "mtime")
-    longer = write_yaml(tmp_path / "longer.yaml", {"train": {"max_iters": 150, "eval_interval": 10}})
-    configs = (finished[1], longer)
-    data_before = tree_digest(workdir / "results/tok512")
-    state = workdir / "results/train/state/state.pt"
-    cmd = [*SNAKEMAKE, "results/train/ckpt.pt", "--snakefile", str(SNAKEFILE), "--directory", str(workdir)]
-    cmd += ["--cores", "2", *only_missing, "--configfile", *map(str, configs)]
-    console_path = tmp_path / "console.txt"
-    started = time.time()
-    with open(console_path, "w") as console_file:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=console_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while not (state.exists() and state.stat().st_mtime > started):  # the new run saved a state
-            assert proc.poll() is None, f"the run ended before a state:\n{tail(console_path.read_text())}"
-            assert time.monotonic() < deadline, f"no state saved:\n{tail(console_path.read_text())}"
-            time.sleep(0.05)
-        os.kill(proc.pid, signum)  # Snakemake alone, not its process group
-        returncode = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            stop_group(proc)
-    console = console_path.read_text()
-    name = signal.Signals(signum).name
-    found = re.search(rf"error: training stopped by {name} at iteration (\d+); rerun to resume\n", console)
-    assert returncode != 0 and found, tail(console)
-    stopped_at = int(found[1])
-    assert 10 <= stopped_at < 150, "training was not stopped midway"
-    assert "Traceback" not in console
-    log = (workdir / "logs/train/train.log").read_text()
-    assert log.endswith(found[0]) and "Traceback" not in log
-    # Nothing lost: the state of the step it stopped at, the data; no half-written outputs.
-    assert torch.load(state, weights_only=True)["iter_num"] == stopped_at
-    assert tree_digest(workdir / "results/tok512") == data_before
-    assert not any((workdir / "results/train" / name).exists() for name in TRAIN_OUTPUTS)
-    # The rerun resumes from there and finishes.
-    run_snakemake(workdir, "results/train/ckpt.pt", "--cores", "2", *only_missing, configfiles=configs)
-    rerun_log = (workdir / "logs/train/train.log").read_text()
-    assert f"resuming from results/train/state/state.pt at iteration {stopped_at}" in rerun_log
-    assert torch.load(workdir / "results/train/ckpt.pt", weights_only=True)["iter_num"] == 150

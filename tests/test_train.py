@@ -1,30 +1,23 @@
-"""The training loop: schedule, optimizer groups, checkpoints, exact resume after SIGKILL, divergence."""
+"""The training loop: checkpoints, metrics and plot, resume after a config change, logging, init_from and
+the time budget. Its faults (a kill, a signal, divergence, bad shards, a full disk, init_from of another
+shape) are in tests/faults/test_training.py."""
 
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, TINY_STEP_TOKENS, read_csv_rows, run_settings, stop_at_step, tiny_config
+from conftest import TINY_STEP_TOKENS, read_csv_rows, run_settings, stop_at_step, tiny_config
 from tinyllm import train as training
 from tinyllm.checkpoint import save_checkpoint
-from tinyllm.errors import CheckpointError, DataError, DiskFullError, TrainingDiverged, TrainingStopped
-from tinyllm.model import Transformer, load_model
+from tinyllm.errors import TrainingStopped
+from tinyllm.model import load_model
 from tinyllm.optim import get_lr
 from tinyllm.report import METRIC_COLUMNS
 from tinyllm.resume import rng_state, set_rng_state
-
-LIB_DIR = Path(training.__file__).resolve().parents[1]
-
 
 # --- checkpoints -------------------------------------------------------------------------------------------
 
@@ -90,90 +83,6 @@ def test_metrics_and_plot_are_written(finished_run):
 
 # --- resume ------------------------------------------------------------------------------------------------
 
-CHILD = """
-import sys, time
-sys.path.insert(0, {lib!r})
-import json
-from tinyllm import train as training
-
-real_iter_batches = training.iter_batches
-
-def slow_iter_batches(*args, **kwargs):
-    # Slow the run down so the parent's SIGKILL lands mid-training, after the first state checkpoint.
-    for batch in real_iter_batches(*args, **kwargs):
-        time.sleep(0.03)
-        yield batch
-
-training.iter_batches = slow_iter_batches
-training.train(**json.loads({settings!r}))
-"""
-
-
-def run_child_until_state(settings: dict, tmp_path: Path) -> subprocess.Popen:
-    """Start training in a child process, slowed down, and return once its first state checkpoint exists."""
-    import json
-
-    child_log = tmp_path / "child.log"
-    with open(child_log, "wb") as log:  # a file, not a pipe: a full pipe would stall the child
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD.format(lib=str(LIB_DIR), settings=json.dumps(settings))],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-    state, deadline = Path(settings["state_dir"]) / "state.pt", time.monotonic() + 120
-    while not state.exists():
-        if child.poll() is not None or time.monotonic() > deadline:
-            child.kill()
-            pytest.fail(f"no state checkpoint within 120 s: {child_log.read_text()}")
-        time.sleep(0.02)
-    return child
-
-
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, finished_run, tmp_path):
-    settings = run_settings(tiny_config(), tiny_data, tmp_path)
-    state = tmp_path / "state" / "state.pt"
-    child = run_child_until_state(settings, tmp_path)
-    try:
-        time.sleep(0.4)  # a few more micro-batches, then kill at an arbitrary point
-        assert child.poll() is None, "the run finished before it could be killed"
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    killed_at = torch.load(state, weights_only=True)["iter_num"]
-    assert 8 <= killed_at < 24
-    assert not (tmp_path / "ckpt.pt").exists()
-
-    summary = training.train(**settings)
-
-    reference_out, reference = finished_run
-    resumed = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
-    uninterrupted = torch.load(reference_out / "ckpt.pt", weights_only=True)["model"]
-    assert resumed.keys() == uninterrupted.keys()
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed), "resumed weights differ"
-    assert summary["val_loss"] == reference["val_loss"]
-
-    def losses(path: Path) -> list[dict]:  # everything but the timings
-        timings = ("tokens_per_s", "mfu", "elapsed_s")
-        return [{k: v for k, v in row.items() if k not in timings} for row in read_csv_rows(path)]
-
-    assert losses(tmp_path / "metrics.csv") == losses(reference_out / "metrics.csv")
-
-
-def test_a_temporary_left_by_a_killed_save_is_removed_at_the_next_start(
-    tiny_data, finished_run, tmp_path, capsys
-):
-    reference_out, _ = finished_run
-    shutil.copytree(reference_out / "state", tmp_path / "state")
-    leftover = tmp_path / "state" / ".state.pt.k1ll3d00.tmp"  # what a SIGKILL in the middle of a save leaves
-    leftover.write_bytes(b"\0" * 4096)
-    training.train(**run_settings(tiny_config(), tiny_data, tmp_path))
-    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["best.pt", "state.pt"]
-    assert f"removed 1 temporary file(s) of 4,096 bytes that a killed run left in {tmp_path / 'state'}" in (
-        capsys.readouterr().err
-    )
-
 
 def test_config_change_starts_fresh_and_keeps_the_old_state(tiny_data, finished_run, tmp_path, capsys):
     reference_out, _ = finished_run
@@ -187,108 +96,6 @@ def test_config_change_starts_fresh_and_keeps_the_old_state(tiny_data, finished_
     old = torch.load(tmp_path / "state" / "stale" / "state.pt", weights_only=True)
     assert old["iter_num"] == 24 and old["config"] == tiny_config()
     assert torch.load(tmp_path / "state" / "state.pt", weights_only=True)["config"] == config
-
-
-# --- divergence --------------------------------------------------------------------------------------------
-
-
-def test_non_finite_loss_stops_naming_the_iteration(tiny_data, tmp_path, monkeypatch):
-    real_forward = Transformer.forward
-    steps = {"micro": 0}
-
-    def forward_turning_nan(self, tokens, targets=None):
-        logits, loss = real_forward(self, tokens, targets)
-        if self.training:
-            steps["micro"] += 1
-            if steps["micro"] > 2 * 10:  # 2 micro-steps per iteration: iteration 11 goes bad
-                loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(Transformer, "forward", forward_turning_nan)
-    with pytest.raises(TrainingDiverged) as caught:
-        training.train(**run_settings(tiny_config(), tiny_data, tmp_path))
-    message = str(caught.value)
-    assert "iteration 11" in message and "iteration 8" in message and "\n" not in message
-    assert torch.load(tmp_path / "state" / "state.pt", weights_only=True)["iter_num"] == 8
-    assert not (tmp_path / "ckpt.pt").exists()
-
-
-# --- signals: SIGTERM (SLURM's warning before a kill) and SIGINT save the state and stop ----------------
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_the_state_and_a_rerun_ends_as_an_uninterrupted_run(
-    signum, tiny_data, finished_run, tmp_path
-):
-    settings = run_settings(tiny_config(), tiny_data, tmp_path)
-    child = run_child_until_state(settings, tmp_path)
-    time.sleep(0.3)  # past the first state checkpoint (iteration 8), between two others
-    assert child.poll() is None, "the run finished before the signal"
-    child.send_signal(signum)
-    assert child.wait(timeout=60) != 0  # Snakemake must see a failed job, so the state stays
-    log = (tmp_path / "child.log").read_text()
-    name = signal.Signals(signum).name
-    stopped_at = torch.load(tmp_path / "state" / "state.pt", weights_only=True)["iter_num"]
-    assert f"stopped by {name} at iteration {stopped_at}; rerun to resume" in log
-    assert 8 < stopped_at < 24 and stopped_at % 8  # a step between two evaluations was saved
-    assert not (tmp_path / "ckpt.pt").exists()
-
-    training.train(**settings)
-
-    reference_out, _ = finished_run
-    resumed = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
-    uninterrupted = torch.load(reference_out / "ckpt.pt", weights_only=True)["model"]
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted), "resumed weights differ"
-
-
-# --- inputs: checked before the state is touched; the fingerprint covers their content ---------------------
-
-
-def copy_data_and_state(tiny_data, finished_run, tmp_path: Path) -> tuple[Path, Path]:
-    bin_dir, tokenizer = tiny_data
-    data = tmp_path / "data"
-    shutil.copytree(bin_dir, data)
-    reference_out, _ = finished_run
-    shutil.copytree(reference_out / "state", tmp_path / "out" / "state")
-    return data, data / Path(tokenizer).name
-
-
-def test_a_shard_changed_in_place_is_not_resumed_and_the_change_is_named(tiny_data, finished_run, tmp_path,
-                                                                          capsys):  # fmt: skip
-    data, tokenizer = copy_data_and_state(tiny_data, finished_run, tmp_path)
-    shard = data / "data01.bin"
-    ids = np.fromfile(shard, dtype="<u2")
-    ids[100:110] = ids[200:210]  # other valid tokens, same size
-    ids.tofile(shard)
-    config = tiny_config(max_iters=8)
-    training.train(**run_settings(config, (data, tokenizer), tmp_path / "out"))
-    log = capsys.readouterr().err
-    assert "data01.bin changed content" in log and "starting fresh" in log
-    assert torch.load(tmp_path / "out" / "state" / "stale" / "state.pt", weights_only=True)["iter_num"] == 24
-
-
-@pytest.mark.parametrize("damage", ["id beyond the vocabulary", "odd size"])
-def test_a_bad_shard_fails_naming_it_before_the_state_is_touched(damage, tiny_data, finished_run, tmp_path):
-    data, tokenizer = copy_data_and_state(tiny_data, finished_run, tmp_path)
-    shard = data / "data01.bin"
-    if damage == "odd size":
-        with open(shard, "ab") as f:
-            f.write(b"\x01")
-    else:
-        ids = np.fromfile(shard, dtype="<u2")
-        ids[50] = 600  # the vocabulary has 512 tokens
-        ids.tofile(shard)
-    state = tmp_path / "out" / "state" / "state.pt"
-    before = state.read_bytes()
-    with pytest.raises(DataError) as caught:
-        training.train(**run_settings(tiny_config(), (data, tokenizer), tmp_path / "out"))
-    message = str(caught.value)
-    assert "data01.bin" in message and "\n" not in message
-    if damage == "odd size":
-        assert "bytes is not a whole number of 2-byte token ids" in message
-    else:
-        assert "600" in message and "512" in message
-    assert state.read_bytes() == before and not (tmp_path / "out" / "state" / "stale").exists()
 
 
 # --- the loop reads losses at log steps only, and projects the run's length --------------------------------
@@ -330,38 +137,6 @@ def test_init_from_starts_at_the_checkpoints_weights(tiny_data, finished_run, tm
     # The same fixed evaluation batches as the finished run's last evaluation, on its final weights.
     assert float(first_eval["val_loss"]) == pytest.approx(reference["val_loss"], abs=1e-6)
     assert f"starting from the weights of {reference_out / 'ckpt.pt'}" in capsys.readouterr().err
-
-
-def test_init_from_a_model_of_another_shape_names_the_first_mismatch(tiny_data, finished_run, tmp_path):
-    reference_out, _ = finished_run
-    config = tiny_config(init_from=str(reference_out / "ckpt.pt"))
-    config["model"] = {**config["model"], "dim": 32}  # another shape than the checkpoint's TINY_MODEL
-    with pytest.raises(CheckpointError) as caught:
-        training.train(**run_settings(config, tiny_data, tmp_path))
-    source, dim = reference_out / "ckpt.pt", TINY_MODEL["dim"]
-    assert str(caught.value) == f"train.init_from {source} has model.dim {dim}, the config says 32"
-    assert not (tmp_path / "state").exists()
-
-
-# 8 MB: room for a state of TINY_MODEL (weights and AdamW's moments, 1.6 MB), its temporary and best.pt
-@pytest.mark.parametrize("small_disk", ["8m"], indirect=True)
-def test_a_full_disk_while_saving_is_one_line_and_the_state_before_stays(tiny_data, small_disk, monkeypatch):
-    settings = run_settings(tiny_config(max_iters=16), tiny_data, small_disk)
-    with monkeypatch.context() as patch:
-        stop_at_step(patch, 12)
-        with pytest.raises(TrainingStopped):
-            training.train(**settings)
-    state, best = small_disk / "state" / "state.pt", small_disk / "state" / "best.pt"
-    before = state.read_bytes(), best.read_bytes()
-    free = shutil.disk_usage(small_disk).free
-    (small_disk / "filler").write_bytes(b"\0" * (free - 16384))  # no room for the next state
-
-    with pytest.raises(DiskFullError) as caught:
-        training.train(**settings)  # resumes at 12; saving at 16 fails
-    expected = [f"no space left on device while writing {path}" for path in (state, best)]
-    assert str(caught.value) in expected
-    assert (state.read_bytes(), best.read_bytes()) == before
-    assert torch.load(state, weights_only=True)["iter_num"] == 12
 
 
 # --- train.max_minutes: a time budget -----------------------------------------------------------------------
