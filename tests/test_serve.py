@@ -437,3 +437,16 @@ def test_a_failing_step_answers_500_and_the_server_goes_on(server, monkeypatch):
     events = read_events(response)
     connection.close()
     assert events[-1]["choices"][0]["finish_reason"] == "length"  # the next request is served as usual
+
+
+def test_a_seeded_completion_draws_what_generate_draws_whatever_shares_its_batch(server, story):
+    model, tokenizer, _, _ = story
+    prompt = tokenizer.encode("One day", bos=True, eos=False)
+    new = generate(model, prompt, 60, temperature=1.0, top_k=300, seed=7, eos_id=tokenizer.bos_id)[0]
+    expected = tokenizer.decode(prompt + new)[len("One day") :]
+    noise = [open_stream(server, {"prompt": "Once", "max_tokens": 60, "temperature": 1.0}) for _ in range(2)]
+    answer = client(server).completions.create(model="m", prompt="One day", max_tokens=60, seed=7)
+    for connection, response in noise:
+        read_events(response)
+        connection.close()
+    assert answer.choices[0].text == expected

@@ -124,7 +124,8 @@ class Batch:
         self.active.append(completion)
 
     def step(self) -> None:
-        """One token for every row: slide full rows, one batched decoder step, sample each row."""
+        """One token for every row: slide full rows, one batched decoder step, sample each row with its own
+        generator (so a seeded completion draws the same tokens whatever else is in the batch)."""
         max_len = self.decoder.max_len
         for row, completion in enumerate(self.active):
             if completion.position == max_len:  # cache full: keep the newest half window
@@ -134,13 +135,18 @@ class Batch:
                     self.decoder.prefill(self._tensor([window]), first_row=row)
         tokens = self._tensor([completion.ids[-1] for completion in self.active])
         logits = self.decoder.step(tokens, [completion.position for completion in self.active]).cpu()
+        groups: dict[tuple, list[int]] = {}  # rows that sample alike share one sampler call
         for row, completion in enumerate(self.active):
             s = completion.settings
-            token = sample_next_token(
-                logits[row : row + 1], s.temperature, s.top_k, s.top_p, completion.generator
-            )
+            groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(row)
+        new_tokens = torch.empty(len(self.active), dtype=torch.long)
+        for (temperature, top_k, top_p), rows in groups.items():
+            generators = [self.active[row].generator for row in rows]
+            index = torch.tensor(rows)
+            new_tokens[index] = sample_next_token(logits[index], temperature, top_k, top_p, generators)
+        for completion, token in zip(self.active, new_tokens.tolist(), strict=True):
             completion.position += 1
-            completion.add(int(token))
+            completion.add(token)
 
     def retire(self) -> None:
         """Drop finished and cancelled rows; the last live row moves into each freed row."""

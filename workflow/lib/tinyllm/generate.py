@@ -30,33 +30,36 @@ def sample_next_token(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Next token ids (B,) from last-position logits (B, vocab).
 
     temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature, restricted to
     the top_k most likely tokens (None = all) and then to the smallest set whose probability reaches top_p
-    (1.0 = off; the most likely token always stays), and one token is drawn from what is left.
+    (1.0 = off; the most likely token always stays), and one token is drawn from what is left. generator:
+    one for the batch, or one per row (the server's completions), each row then drawn as if alone.
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
-    vocab = logits.shape[-1]
-    if top_k is not None and top_k < vocab:
+    candidates = None
+    if top_k is not None and top_k < logits.shape[-1]:
         # topk returns the candidates sorted, which the nucleus cut below needs anyway.
-        values, candidates = torch.topk(logits, top_k, dim=-1)
+        logits, candidates = torch.topk(logits, top_k, dim=-1)
     elif top_p < 1.0:
-        values, candidates = torch.sort(logits, dim=-1, descending=True)
-    else:
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    probs = torch.softmax(values, dim=-1)
+        logits, candidates = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(logits, dim=-1)
     if top_p < 1.0:
         # Drop a candidate when the ones more likely than it already hold top_p of the mass.
         mass_before = probs.cumsum(dim=-1) - probs
         probs = probs.masked_fill(mass_before >= top_p, 0.0)
-    choice = torch.multinomial(probs, 1, generator=generator)
-    return candidates.gather(-1, choice).squeeze(-1)
+    if isinstance(generator, Sequence):
+        choice = torch.stack(
+            [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator, strict=True)]
+        )
+    else:
+        choice = torch.multinomial(probs, 1, generator=generator)
+    return (choice if candidates is None else candidates.gather(-1, choice)).squeeze(-1)
 
 
 class DenseMatmul:
