@@ -1,4 +1,5 @@
-"""Small corpora of our own making for the corpus tests: Chinese with a large alphabet, as nested JSON.
+"""Small corpora of our own making for the corpus tests: Chinese with a large alphabet, as nested JSON; and
+the sources, archives and prepared corpora that the source, corpus and data-fault tests read.
 
 Each document mixes simplified and traditional characters, full-width and ASCII punctuation, digits and now
 and then a Latin word; a few hundred frequent characters (drawn Zipf-like) and a long tail of rare ones, so
@@ -8,8 +9,11 @@ characters end up spelled in bytes.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import random
+import tarfile
 from pathlib import Path
 
 COMMON = (
@@ -61,3 +65,65 @@ def write_nested_json_corpus(folder: Path, count: int = 1200, seed: int = 0) -> 
             json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8"
         )
     return folder
+
+
+# --- sources as data.sources gives them, read or prepared as the pipeline does -----------------------------
+
+RECORDS = [
+    {"title": "Über Katzen", "body": "Eine Katze schläft.", "meta": {"lang": "de", "lines": ["a", "b"]}},
+    {"title": "猫について", "body": "猫は寝ている。", "meta": {"lang": "ja", "lines": ["一", "二"]}},
+    {"title": "On cats", "body": "A cat sleeps.\n\nIt dreams.", "meta": {"lang": "en", "lines": []}},
+]
+
+
+def jsonl(records) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+
+
+def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode=mode) as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
+# An archive's members: letters (JSON, gzipped JSON Lines) beside files a members glob leaves out.
+MEMBERS = {
+    "corpus/letters-1.json": json.dumps([{"subject": "Hi", "lines": ["Dear A,", "hello."]}]).encode(),
+    "corpus/letters-2.jsonl.gz": gzip.compress(jsonl([{"subject": "Yo", "lines": ["Dear B,"]}])),
+    "corpus/other.json": json.dumps([{"subject": "not wanted", "lines": []}]).encode(),
+    "corpus/README.md": b"not a letter",
+}
+LETTERS = ["Hi\nDear A,\nhello.", "Yo\nDear B,"]
+
+
+def read_source(spec: dict, files=None, index: int = 0):
+    """(every document text of a source spec, as data.sources holds it, the file stats)."""
+    from tinyllm.sources import Counter, FileStats, iter_source_documents, local_files, source_from_dict
+
+    source = source_from_dict(spec, index)
+    stats = FileStats()
+    if files is None:
+        files = local_files(spec["path"], f"data.sources[{index}]")
+    docs = [text for text, _, _ in iter_source_documents(source, [Path(f) for f in files], Counter(), stats)]
+    return docs, stats
+
+
+def plan_for(sources: list[dict], **data):
+    """The corpus plan of a config with these data.sources and data settings."""
+    from tinyllm.config import validate_config
+    from tinyllm.corpus import corpus_plan
+
+    config = validate_config({"data": {"sources": sources, **data}, "tokenizer": {"num_shards": 1}})
+    return corpus_plan(config)
+
+
+def prepare(folder: Path, sources: list[dict], **data):
+    """prepare's one pass over sources into folder/corpus: (its manifest, folder/corpus)."""
+    from tinyllm.corpus import prepare_corpus
+
+    out = folder / "corpus"
+    return prepare_corpus(plan_for(sources, **data).settings, out, progress=False), out

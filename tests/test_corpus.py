@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from conftest import make_tar_gz
+from corpora import plan_for, prepare
 from tinyllm import paths
 from tinyllm.config import validate_config
 from tinyllm.corpus import (
@@ -21,18 +22,7 @@ from tinyllm.corpus import (
     text_hash,
 )
 from tinyllm.corpus_report import corpus_figures, corpus_markdown, write_corpus_report
-from tinyllm.errors import ConfigError, DataError
-
-
-def plan_for(tmp_path, sources, **data):
-    config = validate_config({"data": {"sources": sources, **data}, "tokenizer": {"num_shards": 1}})
-    return corpus_plan(config)
-
-
-def prepare(tmp_path, sources, **data):
-    plan = plan_for(tmp_path, sources, **data)
-    out = tmp_path / "corpus"
-    return prepare_corpus(plan.settings, out, progress=False), out
+from tinyllm.errors import DataError
 
 
 def shard_texts(out, split: str) -> list[str]:
@@ -63,7 +53,7 @@ def test_plan_lists_local_files_and_downloads(tmp_path):
     (tmp_path / "books").mkdir()
     for name in ("b.txt", "a.txt"):
         (tmp_path / "books" / name).write_text("text")
-    plan = plan_for(tmp_path, [
+    plan = plan_for([
         {"path": str(tmp_path / "books")},
         {"url": "https://example.org/dumps/forum.jsonl.gz", "sha256": "a" * 64},
         {"url": "http://127.0.0.1:8000/other/forum.jsonl.gz", "name": "mirror"},
@@ -78,39 +68,6 @@ def test_plan_lists_local_files_and_downloads(tmp_path):
     assert plan.inputs == sorted([*books, "results/data/downloads/forum.jsonl.gz",
                                   "results/data/downloads/1-forum.jsonl.gz"])  # fmt: skip
     assert plan.settings["validation"] == {"fraction": 0.01} and plan.settings["dedup"] is True
-
-
-@pytest.mark.parametrize(
-    "sources,data,message",
-    [
-        ([{"path": "x.txt", "url": "http://h/x"}], {}, r"data.sources\[0\]: give either path"),
-        ([{"url": "http://127.0.0.1:/x.jsonl"}], {}, r"data.sources\[0\].url: .* no port after ':'"),
-        ([{"url": "ftp://host/x.jsonl"}], {}, "unsupported URL scheme 'ftp'"),
-        ([{"path": "x.txt", "sha256": "a" * 64}], {}, "only a url is checked"),
-        ([{"path": "x.txt", "format": "text", "text": "body"}], {}, "plain text has no records"),
-        ([{"path": "x.txt"}], {"validation": {"fraction": 1.5}}, "data.validation.fraction: 1.5 is greater"),
-        ([{"path": "x.txt", "format": "csv"}], {}, r"data.sources.0.format: 'csv' is not one of"),
-    ],
-)
-def test_bad_sources_are_refused_at_validation_naming_the_key(sources, data, message):
-    with pytest.raises(ConfigError, match=message) as err:
-        validate_config({"data": {"sources": sources, **data}})
-    assert "\n" not in str(err.value)
-
-
-def test_names_must_be_unique_and_validation_sources_must_exist(tmp_path):
-    (tmp_path / "a.txt").write_text("a")
-    with pytest.raises(ConfigError, match="two sources are named 'a'"):
-        plan_for(tmp_path, [{"path": str(tmp_path / "a.txt")}, {"path": str(tmp_path / "a.txt")}])
-    with pytest.raises(ConfigError, match=r"validation.sources: no source is named 'held-out' \(the sou"):
-        plan_for(tmp_path, [{"path": str(tmp_path / "a.txt")}], validation={"sources": ["held-out"]})
-    with pytest.raises(ConfigError, match="data.validation: applies to data.sources"):
-        validate_config({"data": {"validation": {"fraction": 0.1}}})
-
-
-def test_malformed_data_url_is_refused_naming_the_key():
-    with pytest.raises(ConfigError, match=r"^data.url: 'http://127.0.0.1:/x' has no port after ':'"):
-        validate_config({"data": {"url": "http://127.0.0.1:/x"}})
 
 
 # --- prepare ------------------------------------------------------------------------------------------------

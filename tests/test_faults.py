@@ -19,16 +19,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import (
     REPO,
     SNAKEFILE,
-    TINY_CONFIG,
     make_random_model,
     run_snakemake,
     tail,
     write_tiny_config,
-    write_yaml,
 )
 
 TRAIN_OUTPUTS = ("ckpt.pt", "best.pt", "metrics.csv", "loss.png")
@@ -78,175 +75,6 @@ def failed_run(workdir: Path, *args: str, configfiles=(), snakefile: Path = SNAK
     assert out.returncode != 0, f"the run succeeded:\n{tail(console)}"
     assert "Traceback" not in console, tail(console)
     return console
-
-
-# --- 1. the repository's config.yaml is the base wherever Snakemake runs ----------------------------------
-
-
-def test_config_yaml_is_the_base_under_another_directory_and_configfile(tmp_path):
-    """`snakemake -d OTHER --configfile mine.yaml` used to drop config.yaml without a word."""
-    snakefile = copy_workflow(tmp_path / "repo")
-    config_yaml = tmp_path / "repo/config.yaml"
-    config_yaml.write_text(config_yaml.read_text().replace("max_iters: 100000", "max_iters: 777"))
-    mine = write_yaml(tmp_path / "mine.yaml", {"train": {"seed": 7}})
-    other = tmp_path / "other"
-    other.mkdir()
-    run_snakemake(
-        other, "--cores", "1", "results/report/config.yaml", configfiles=(mine,), snakefile=snakefile
-    )
-    used = yaml.safe_load((other / "results/report/config.yaml").read_text())
-    assert used["train"]["max_iters"] == 777  # from the repository's config.yaml
-    assert used["train"]["seed"] == 7  # from mine.yaml, on top
-
-
-# --- 2. a key given twice in a config file ------------------------------------------------------------------
-
-DUPLICATES = {
-    "two train blocks": (
-        "train:\n  max_iters: 40\nsample:\n  num_samples: 1\ntrain:\n  seed: 3\n",
-        "line 5: key 'train' given twice (first on line 1)",
-    ),
-    "an experiment named twice": (
-        "experiments:\n  muon: {train: {optimizer: muon}}\n  wsd: {train: {lr_schedule: wsd}}\n"
-        "  muon: {train: {learning_rate: 1.0e-3}}\n",
-        "line 4: key 'muon' given twice (first on line 2)",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(DUPLICATES))
-def test_a_key_given_twice_names_the_file_the_line_and_the_key(case, tmp_path):
-    text, where = DUPLICATES[case]
-    mine = tmp_path / "mine.yaml"
-    mine.write_text(text)
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    before = earlier_outputs(workdir)
-    console = failed_run(workdir, configfiles=(TINY_CONFIG, mine))
-    assert f"invalid config: {mine}, {where}; YAML would keep only the last: merge or rename them" in console
-    assert tree_digest(workdir / "results") == before
-
-
-# --- 3. a tab or a syntax error in config.yaml --------------------------------------------------------------
-
-BROKEN_YAML = {
-    "tab": ("  seed: 1337", "\tseed: 1337", "column 1: a tab, which YAML does not allow for indenting"),
-    "unclosed bracket": (
-        "    - One day, Lily met a Shoggoth",
-        "    - [One day, Lily met a Shoggoth",
-        "expected ',' or ']', but got",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(BROKEN_YAML))
-def test_broken_yaml_in_config_yaml_names_the_file_and_the_line(case, tmp_path):
-    good, bad, problem = BROKEN_YAML[case]
-    snakefile = copy_workflow(tmp_path / "repo")
-    config_yaml = tmp_path / "repo/config.yaml"
-    lines = config_yaml.read_text().splitlines(keepends=True)
-    line = next(i for i, text in enumerate(lines) if text.rstrip("\n") == good) + 1
-    config_yaml.write_text(config_yaml.read_text().replace(good, bad, 1))
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    before = earlier_outputs(workdir)
-    console = failed_run(workdir, configfiles=(TINY_CONFIG,), snakefile=snakefile)
-    found = re.search(rf"invalid config: {re.escape(str(config_yaml))}, line (\d+), (.*)", console)
-    assert found, tail(console)
-    assert problem in found[0]
-    # The line named is the bad one (a tab), or where YAML noticed the unclosed bracket (the next key).
-    assert int(found[1]) == line if case == "tab" else int(found[1]) > line
-    assert tree_digest(workdir / "results") == before
-
-
-def test_broken_yaml_in_an_override_file_is_named_by_tinyllm_config(tmp_path, capsys):
-    """Snakemake reads --configfile files itself, before the workflow can say anything: its message names
-    no file and no line. `tinyllm config FILE` reads them as the pipeline does and names both."""
-    from tinyllm import cli
-
-    mine = tmp_path / "mine.yaml"
-    mine.write_text("train:\n  max_iters: 40\n\tseed: 3\n")
-    out = run_snakemake(tmp_path, "--dry-run", configfiles=(mine,), check=False)
-    assert out.returncode != 0 and not (tmp_path / "results").exists()
-    assert cli.main(["config", str(mine)]) == 2
-    assert capsys.readouterr().err == (
-        f"tinyllm config: {mine}, line 3, column 1: a tab, which YAML does not allow for indenting: "
-        "indent with spaces\n"
-    )
-    mine.write_text("train:\n  max_iters: 40\n  seed: 3\n")
-    assert cli.main(["config", str(mine)]) == 0
-    assert capsys.readouterr().out.endswith(f" + {mine}: valid\n")
-
-
-# --- 5. experiment names ------------------------------------------------------------------------------------
-
-NAMES = {
-    "compare.png": "experiments: 'compare.png' is reserved (the comparison's output "
-    "results/experiments/compare.png): choose another name",
-    "main": "experiments: 'main' is reserved (the comparison's name for the main run): choose another name",
-    "123": "experiments: YAML reads the name 123 as a number, not text: quote it ('123': ...)",
-    "true": "experiments: YAML reads the name true as a boolean, not text: quote it ('true': ...)",
-    "../up": "experiments: '../up' is not a valid experiment name: use letters, digits, '.', '_' and '-', "
-    "starting with a letter or digit, at most 64 characters",
-}
-
-
-@pytest.mark.parametrize("name", list(NAMES))
-def test_an_unsafe_experiment_name_is_one_line(name, tmp_path):
-    """compare.png used to end in a ChildIOException, 123 and true in a KeyError."""
-    mine = tmp_path / "mine.yaml"
-    mine.write_text(f"experiments:\n  {name}: {{train: {{optimizer: muon}}}}\n")
-    out = run_snakemake(tmp_path, "--dry-run", configfiles=(mine,), check=False)
-    assert out.returncode != 0
-    assert f"invalid config: {NAMES[name]}" in out.stdout + out.stderr, tail(out.stdout + out.stderr)
-
-
-def test_experiment_names_that_one_folder_would_hold_are_refused(tmp_path):
-    mine = tmp_path / "mine.yaml"
-    mine.write_text("experiments:\n  Muon: {train: {optimizer: muon}}\n  muon: {}\n")
-    out = run_snakemake(tmp_path, "--dry-run", configfiles=(mine,), check=False)
-    assert out.returncode != 0
-    assert "invalid config: experiments: 'Muon' and 'muon' differ only in case" in out.stdout + out.stderr
-
-
-# --- 8. train.init_from at the run's own output -------------------------------------------------------------
-
-OWN_OUTPUTS = {
-    "own ckpt.pt": (
-        {"train": {"init_from": "results/train/ckpt.pt"}},
-        "train.init_from: results/train/ckpt.pt is written by the main run (results/train) itself",
-    ),
-    "own export": (
-        {"train": {"init_from": "./results/export/model.bin"}},
-        "train.init_from: ./results/export/model.bin is written by the main run (results/train) itself",
-    ),
-    "an experiment's own": (
-        {"experiments": {"wide": {"train": {"init_from": "results/experiments/wide/best.pt"}}}},
-        "experiments.wide.train.init_from: results/experiments/wide/best.pt is written by experiment wide",
-    ),
-    "a cycle through an experiment": (
-        {
-            "train": {"init_from": "results/experiments/a/ckpt.pt"},
-            "experiments": {"a": {"train": {"init_from": "results/train/ckpt.pt"}}},
-        },
-        "train.init_from: results/experiments/a/ckpt.pt is made from this run's own output, a cycle "
-        "(the main run (results/train) -> experiment a (results/experiments/a) -> the main run",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(OWN_OUTPUTS))
-def test_init_from_the_runs_own_output_is_refused_and_its_outputs_stay(case, tmp_path):
-    """Snakemake used to report a cycle, carry on and delete ckpt.pt, best.pt, metrics.csv and loss.png."""
-    changes, line = OWN_OUTPUTS[case]
-    mine = write_yaml(tmp_path / "mine.yaml", changes)
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    before = earlier_outputs(workdir)
-    console = failed_run(workdir, configfiles=(TINY_CONFIG, mine))
-    assert f"invalid config: {line}" in console, tail(console)
-    assert "point it at a file the pipeline does not write" in console
-    assert tree_digest(workdir / "results") == before
 
 
 # --- 9. temporaries a killed writer left ------------------------------------------------------------------

@@ -12,32 +12,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tinyllm.config import validate_config
+from corpora import LETTERS, MEMBERS, RECORDS, jsonl, read_source, tar_bytes
 from tinyllm.errors import ConfigError, DataError
 from tinyllm.records import MAX_RECORD_BYTES, iter_json_array
-from tinyllm.sources import Counter, FileStats, local_files, source_from_dict
-
-RECORDS = [
-    {"title": "Über Katzen", "body": "Eine Katze schläft.", "meta": {"lang": "de", "lines": ["a", "b"]}},
-    {"title": "猫について", "body": "猫は寝ている。", "meta": {"lang": "ja", "lines": ["一", "二"]}},
-    {"title": "On cats", "body": "A cat sleeps.\n\nIt dreams.", "meta": {"lang": "en", "lines": []}},
-]
-
-
-def read(spec: dict, files=None, index: int = 0) -> tuple[list[str], FileStats]:
-    """Every document text of a source spec (as data.sources holds it), and the file stats."""
-    source = source_from_dict(spec, index)
-    stats = FileStats()
-    if files is None:
-        files = local_files(spec["path"], f"data.sources[{index}]")
-    docs = [text for text, _, _ in source_iter(source, files, stats)]
-    return docs, stats
-
-
-def source_iter(source, files, stats):
-    from tinyllm.sources import iter_source_documents
-
-    return iter_source_documents(source, [Path(f) for f in files], Counter(), stats)
+from tinyllm.sources import local_files
 
 
 def compress(data: bytes, suffix: str) -> bytes:
@@ -52,10 +30,6 @@ def compress(data: bytes, suffix: str) -> bytes:
 
         return zstandard.ZstdCompressor().compress(data)
     return data
-
-
-def jsonl(records) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
 
 def parquet_bytes(records) -> bytes:
@@ -81,7 +55,7 @@ FORMATS = {
 def test_every_format_and_compression_reads_the_same_documents(name, compression, tmp_path):
     path = tmp_path / f"{name}{compression}"
     path.write_bytes(compress(FORMATS[name], compression))
-    docs, stats = read({"path": str(path), "text": "{title}\n{body}"})
+    docs, stats = read_source({"path": str(path), "text": "{title}\n{body}"})
     assert docs == [f"{r['title']}\n{r['body']}" for r in RECORDS]
     assert stats.files == 1 and not stats.skipped
 
@@ -89,7 +63,7 @@ def test_every_format_and_compression_reads_the_same_documents(name, compression
 def test_json_array_of_strings_and_jsonl_strings_are_documents(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(["один", "два"], ensure_ascii=False))
     (tmp_path / "b.jsonl").write_text('"three"\n\n"four"\n')
-    assert read({"path": str(tmp_path)})[0] == ["один", "два", "three", "four"]
+    assert read_source({"path": str(tmp_path)})[0] == ["один", "два", "three", "four"]
 
 
 TEXT = "\ufeffFirst paragraph,\r\nline two.\r\n\r\n\r\nSecond paragraph.\n   \nThird.\n"
@@ -108,37 +82,19 @@ def test_plain_text_documents_per_file_paragraph_or_line(documents, expected, co
     """Windows line ends and the byte order mark go; documents are stripped later, by prepare."""
     path = tmp_path / f"notes.txt{compression}"
     path.write_bytes(compress(TEXT.encode(), compression))
-    assert read({"path": str(path), "documents": documents})[0] == expected
+    assert read_source({"path": str(path), "documents": documents})[0] == expected
 
 
 def test_format_override_reads_an_unknown_extension(tmp_path):
     path = tmp_path / "dump.data"
     path.write_bytes(jsonl(RECORDS))
-    assert read({"path": str(path), "format": "jsonl", "text": "body"})[0] == [r["body"] for r in RECORDS]
+    docs, _ = read_source({"path": str(path), "format": "jsonl", "text": "body"})
+    assert docs == [r["body"] for r in RECORDS]
     with pytest.raises(DataError, match=r"dump.data: cannot tell the format from the name; set data.source"):
-        read({"path": str(path)})
+        read_source({"path": str(path)})
 
 
 # --- archives -----------------------------------------------------------------------------------------------
-
-
-def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode=mode) as tar:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
-
-
-MEMBERS = {
-    "corpus/letters-1.json": json.dumps([{"subject": "Hi", "lines": ["Dear A,", "hello."]}]).encode(),
-    "corpus/letters-2.jsonl.gz": gzip.compress(jsonl([{"subject": "Yo", "lines": ["Dear B,"]}])),
-    "corpus/other.json": json.dumps([{"subject": "not wanted", "lines": []}]).encode(),
-    "corpus/README.md": b"not a letter",
-}
-LETTERS = ["Hi\nDear A,\nhello.", "Yo\nDear B,"]
 
 
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", ".zip"])
@@ -153,10 +109,10 @@ def test_archive_members_chosen_by_glob(suffix, tmp_path):
     else:
         modes = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz", ".tar.bz2": "w:bz2", ".tar.xz": "w:xz"}
         path.write_bytes(tar_bytes(MEMBERS, modes[suffix]))
-    docs, _ = read({"path": str(path), "members": "*/letters-*", "text": "{subject}\n{lines}"})
+    docs, _ = read_source({"path": str(path), "members": "*/letters-*", "text": "{subject}\n{lines}"})
     assert docs == LETTERS
     # Patterns also match a member's path under the archive's top folder.
-    docs, _ = read({"path": str(path), "members": ["letters-2.jsonl.gz"], "text": "subject"})
+    docs, _ = read_source({"path": str(path), "members": ["letters-2.jsonl.gz"], "text": "subject"})
     assert docs == ["Yo"]
 
 
@@ -164,7 +120,7 @@ def test_member_glob_matching_nothing_names_the_pattern(tmp_path):
     path = tmp_path / "letters.tar.gz"
     path.write_bytes(tar_bytes(MEMBERS))
     with pytest.raises(DataError) as err:
-        read({"path": str(path), "members": ["*/letters-*", "*/postcards-*"], "text": "subject"})
+        read_source({"path": str(path), "members": ["*/letters-*", "*/postcards-*"], "text": "subject"})
     assert f"{path}: no member matches data.sources[0].members '*/postcards-*'" in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -185,7 +141,7 @@ def test_links_and_devices_in_an_archive_are_never_read_and_nothing_is_written(t
             tar.addfile(info)
     archive = tmp_path / "evil.tar.gz"
     archive.write_bytes(out.getvalue())
-    docs, stats = read({"path": str(archive)})
+    docs, stats = read_source({"path": str(archive)})
     assert docs == ["outside", "abs", "fine"]  # their text only: nothing was written where they point
     assert sorted(s.reason for s in stats.skipped) == ["not a regular file (a link or device)"] * 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar.gz"]
@@ -196,7 +152,7 @@ def test_corrupt_archive_is_one_line_naming_it(tmp_path):
     path = tmp_path / "cut.tar.gz"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=f"{path}: the archive is truncated or corrupt") as err:
-        read({"path": str(path), "text": "body"})
+        read_source({"path": str(path), "text": "body"})
     assert "\n" not in str(err.value)
 
 
@@ -210,8 +166,8 @@ def test_folder_and_glob_find_files_sorted_without_hidden_ones(tmp_path):
     (tmp_path / ".hidden.txt").write_text("no")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "x.txt").write_text("no")
-    assert read({"path": str(tmp_path)})[0] == ["one", "two"]
-    assert read({"path": str(tmp_path / "**" / "*.txt")})[0] == ["one", "two"]
+    assert read_source({"path": str(tmp_path)})[0] == ["one", "two"]
+    assert read_source({"path": str(tmp_path / "**" / "*.txt")})[0] == ["one", "two"]
     with pytest.raises(ConfigError, match=r"data.sources\[0\].path: '.*\*.md' matches no file"):
         local_files(str(tmp_path / "*.md"), "data.sources[0]")
     with pytest.raises(ConfigError, match="no such file or folder"):
@@ -222,13 +178,13 @@ def test_binary_file_caught_by_a_glob_is_skipped_but_named_directly_is_an_error(
     (tmp_path / "notes.txt").write_text("real text")
     (tmp_path / "picture.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     (tmp_path / "image.png").write_bytes(b"\x89PNG\x00")
-    docs, stats = read({"path": str(tmp_path)})
+    docs, stats = read_source({"path": str(tmp_path)})
     assert docs == ["real text"]
     assert {(Path(s.label).name, s.reason.split(" (")[0]) for s in stats.skipped} == {
         ("picture.txt", "binary"), ("image.png", "no known format from its extension")
     }
     with pytest.raises(DataError) as err:
-        read({"path": str(tmp_path / "picture.txt")})
+        read_source({"path": str(tmp_path / "picture.txt")})
     assert f"{tmp_path / 'picture.txt'}: a binary file (NUL bytes" in str(err.value)
 
 
@@ -247,36 +203,18 @@ def test_binary_file_caught_by_a_glob_is_skipped_but_named_directly_is_an_error(
 )
 def test_field_dotted_path_list_and_template(text, expected, tmp_path):
     (tmp_path / "r.jsonl").write_bytes(jsonl(RECORDS))
-    assert read({"path": str(tmp_path / "r.jsonl"), "text": text})[0] == expected
+    assert read_source({"path": str(tmp_path / "r.jsonl"), "text": text})[0] == expected
 
 
 def test_numbers_become_text_and_a_key_with_a_dot_wins(tmp_path):
     (tmp_path / "r.jsonl").write_text('{"n": 3, "a.b": "dotted key", "a": {"b": "nested"}}\n')
-    assert read({"path": str(tmp_path / "r.jsonl"), "text": "{n}: {a.b}"})[0] == ["3: dotted key"]
-
-
-@pytest.mark.parametrize(
-    "text,message",
-    [
-        ("{title", "is not a valid template"),
-        ("{}", "placeholder {} in '{}': name a field"),
-        ("{title:>10}", r"placeholder {title:>10}"),
-        ("{title!r}", r"placeholder {title!r}"),
-        ("{0}", "placeholder {0}"),
-        ("{lines[0]}", r"placeholder {lines\[0\]}"),
-        ("   ", "empty; name a field"),
-    ],
-)
-def test_malformed_template_is_refused_at_validation_naming_the_key(text, message):
-    with pytest.raises(ConfigError, match=message) as err:
-        validate_config({"data": {"sources": [{"path": "x.jsonl"}, {"path": "y.jsonl", "text": text}]}})
-    assert str(err.value).startswith("data.sources[1].text: ") and "\n" not in str(err.value)
+    assert read_source({"path": str(tmp_path / "r.jsonl"), "text": "{n}: {a.b}"})[0] == ["3: dotted key"]
 
 
 def test_unknown_placeholder_names_the_fields_the_first_record_has(tmp_path):
     (tmp_path / "r.jsonl").write_bytes(jsonl(RECORDS))
     with pytest.raises(DataError) as err:
-        read({"path": str(tmp_path / "r.jsonl"), "text": "{subject}\n{body}"})
+        read_source({"path": str(tmp_path / "r.jsonl"), "text": "{subject}\n{body}"})
     message = str(err.value)
     assert "has the unknown placeholder {subject}: line 1 has the fields title, body, meta" in message
     assert message.startswith(f"{tmp_path / 'r.jsonl'}: data.sources[0].text")
@@ -286,10 +224,10 @@ def test_record_without_the_field_is_an_error_naming_the_line_or_a_skip_when_ask
     path = tmp_path / "r.jsonl"
     path.write_bytes(jsonl([RECORDS[0], {"title": "no body here"}, RECORDS[1]]))
     with pytest.raises(DataError) as err:
-        read({"path": str(path), "text": "{title}\n{body}"})
+        read_source({"path": str(path), "text": "{title}\n{body}"})
     assert f"{path}: line 2 has no field 'body'" in str(err.value)
     assert "set data.sources[0].missing: skip" in str(err.value)
-    docs, _ = read({"path": str(path), "text": "{title}\n{body}", "missing": "skip"})
+    docs, _ = read_source({"path": str(path), "text": "{title}\n{body}", "missing": "skip"})
     assert docs == [f"{r['title']}\n{r['body']}" for r in RECORDS[:2]]
 
 
@@ -297,7 +235,7 @@ def test_a_field_that_is_not_text_is_named(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps([{"text": "fine"}, {"text": {"nested": "object"}}]))
     with pytest.raises(DataError, match=rf"{path}: record 1: field text is a dict, not text"):
-        read({"path": str(path)})
+        read_source({"path": str(path)})
 
 
 # --- bad bytes and bad JSON ---------------------------------------------------------------------------------
@@ -316,7 +254,7 @@ def test_invalid_utf8_names_the_file_and_the_line_or_byte(name, content, where, 
     path.write_bytes(content)
     spec = {"path": str(path), "documents": "line"} if name.endswith(".txt") else {"path": str(path)}
     with pytest.raises(DataError) as err:
-        read(spec)
+        read_source(spec)
     message = str(err.value)
     assert message.startswith(f"{path}: ") and where in message and "UTF-8" in message, message
 
@@ -335,7 +273,7 @@ def test_malformed_json_names_the_record(content, message, tmp_path):
     path = tmp_path / "bad.json"
     path.write_bytes(content)
     with pytest.raises(DataError, match=message) as err:
-        read({"path": str(path)})
+        read_source({"path": str(path)})
     assert str(err.value).startswith(f"{path}: ")
 
 
@@ -343,7 +281,7 @@ def test_malformed_json_line_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "a"}\n{"text": \n')
     with pytest.raises(DataError, match=f"{path}: line 2 is not JSON"):
-        read({"path": str(path)})
+        read_source({"path": str(path)})
 
 
 @pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 20])

@@ -327,17 +327,6 @@ def test_too_small_a_vocabulary_at_the_lowest_coverage_does_not_advise_lowering_
         train_tokenizer(text, tmp_path / "tok260", 260, character_coverage=1.0, quiet=True)
 
 
-@pytest.mark.parametrize("coverage", [0.9, 0.979, 0, 1.01])
-def test_character_coverage_outside_sentencepieces_bounds_is_refused_at_validation(coverage):
-    from tinyllm.config import validate_config
-
-    with pytest.raises(ConfigError, match=r"^tokenizer.character_coverage: ") as err:
-        validate_config({"tokenizer": {"character_coverage": coverage}})
-    assert "\n" not in str(err.value)
-    lowest = validate_config({"tokenizer": {"character_coverage": 0.98}})
-    assert lowest["tokenizer"]["character_coverage"] == 0.98
-
-
 def test_bits_per_byte_count_utf8_bytes_of_chinese(chinese, tmp_path):
     """Training's tokens per byte (for bits per byte) counts the UTF-8 bytes of the documents: 3 a character
     here, so figures compare across scripts."""
