@@ -106,6 +106,28 @@ def tinystories_archive(shards_dir, tmp_path_factory) -> Path:
     return make_tar_gz(tmp_path_factory.mktemp("archive") / "TinyStories_all_data.tar.gz", members)
 
 
+@pytest.fixture
+def archive_bytes(tinystories_archive) -> bytes:
+    return tinystories_archive.read_bytes()
+
+
+@pytest.fixture
+def server(archive_bytes):
+    """A FileServer (tests/http_server.py) on 127.0.0.1 serving the archive at http_server.PATH."""
+    from http_server import PATH, FileServer
+
+    with FileServer({PATH: archive_bytes}) as running:
+        yield running
+
+
+def assert_one_line(err: pytest.ExceptionInfo, *parts: str) -> None:
+    """The error's message is one line holding each of parts (a file, a URL, a key, a position...)."""
+    message = str(err.value)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, (part, message)
+
+
 @pytest.fixture(scope="session")
 def small_tokenizer(shards_dir, tmp_path_factory) -> Path:
     """Path to a vocab-512 SentencePiece BPE model (llama2.c options) trained on shards_dir's data00.json."""

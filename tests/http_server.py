@@ -11,6 +11,9 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+PATH = "/TinyStories_all_data.tar.gz"  # where conftest's `server` fixture serves the test archive
+FAST = {"retries": 2, "backoff": 0.01, "timeout": 10.0, "progress": False}  # download_archive, for tests
+
 
 class FileServer:
     def __init__(self, files: dict[str, bytes]):
