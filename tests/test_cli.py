@@ -170,3 +170,10 @@ def test_sample_int8_prints_what_the_int8_decoder_writes(results, capsys):
     prompt = tokenizer.encode("Once upon a time", bos=True, eos=False)
     new = generate(tiny_model(), prompt, 12, temperature=0.0, eos_id=tokenizer.bos_id, int8=True)[0]
     assert capsys.readouterr().out == tokenizer.decode(prompt + new) + "\n"
+
+
+def test_a_foreign_checkpoint_is_one_line_pointing_at_import(tmp_path, capsys):
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "other.pt")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{tmp_path / 'other.pt'} is not a tinyllm checkpoint" in line and "tinyllm import" in line
