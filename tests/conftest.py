@@ -139,6 +139,31 @@ def small_tokenizer(shards_dir, tmp_path_factory) -> Path:
     return train_tokenizer(folder / "tiny.txt", folder / "tok512", 512, quiet=True)
 
 
+def write_json(path: Path, value) -> Path:
+    """value as JSON at path (a str is written as it is: JSON or not)."""
+    path.write_text(json.dumps(value) if not isinstance(value, str) else value)
+    return path
+
+
+def write_stories_text(shards_dir: Path, path: Path, count: int = 300) -> Path:
+    """A tokenizer's training text: the first count validation stories, one a line."""
+    from tinyllm.shards import load_stories
+
+    path.write_text("\n".join(load_stories(shards_dir / "data00.json")[:count]) + "\n")
+    return path
+
+
+@pytest.fixture
+def numbered_shards(tmp_path):
+    """A folder of pretokenized shards whose tokens tell where they came from: shard k (data0k.bin) holds
+    k * 10000 + 0, 1, 2, ... (300, 2000 and 800 tokens); data00 is the validation split."""
+    import numpy as np
+
+    for shard, length in enumerate([300, 2000, 800]):
+        (shard * 10_000 + np.arange(length)).astype("<u2").tofile(tmp_path / f"data{shard:02d}.bin")
+    return tmp_path
+
+
 # --- the one tiny model shape of the tests ------------------------------------------------------------------
 
 # ModelArgs of every tiny model in the tests: random models, the story model, training runs (tiny_config) and

@@ -7,7 +7,6 @@ import random
 from collections import Counter
 
 import numpy as np
-import pytest
 from conftest import make_tar_gz
 from corpora import plan_for, prepare
 from tinyllm import paths
@@ -22,7 +21,6 @@ from tinyllm.corpus import (
     text_hash,
 )
 from tinyllm.corpus_report import corpus_figures, corpus_markdown, write_corpus_report
-from tinyllm.errors import DataError
 
 
 def shard_texts(out, split: str) -> list[str]:
@@ -150,34 +148,6 @@ def test_tinystories_archive_becomes_one_shard_per_file_with_data00_for_validati
     stories = [s["story"].strip() for s in json.loads((shards_dir / "data00.json").read_text())]
     assert list(iter_shard(tmp_path / "corpus" / "val_0000.jsonl")) == stories
     assert manifest["splits"]["val"]["duplicates"] == 0  # no dedup for TinyStories
-
-
-@pytest.mark.parametrize(
-    "files,validation,message",
-    [
-        ({"a.jsonl": '{"text": "x"}\n'}, {"fraction": 0.01}, "the validation split is empty .*raise "
-                                                              "data.validation.fraction"),
-        ({"a.jsonl": '{"text": "x"}\n'}, {"files": ["a.jsonl"]}, "the training split is empty"),
-        ({"a.jsonl": '{"text": "  "}\n{"text": ""}\n'}, {}, r"data.sources\[0\] \(a, .*\): every document is "
-                                                            "empty or a duplicate"),
-        ({"a.json": "[]"}, {}, r"data.sources\[0\] .*: no documents in its 1 file\(s\) read"),
-    ],
-)
-def test_bad_corpus_fails_in_one_line_and_writes_nothing(files, validation, message, tmp_path):
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    sources = [{"path": str(tmp_path / name)} for name in files]
-    with pytest.raises(DataError, match=message) as err:
-        prepare(tmp_path, sources, validation=validation)
-    assert "\n" not in str(err.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)  # neither output nor temporary
-
-
-def test_a_glob_catching_only_binary_files_is_a_source_without_documents(tmp_path):
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.txt").write_bytes(b"\x00\x01binary")
-    with pytest.raises(DataError, match=r"no documents in its 0 file\(s\) read, 1 skipped"):
-        prepare(tmp_path, [{"path": str(tmp_path / "in")}])
 
 
 # --- the report ---------------------------------------------------------------------------------------------

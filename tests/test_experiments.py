@@ -197,7 +197,8 @@ def test_experiments_train_side_by_side_compare_and_rerun_alone(tmp_path, shards
     main_config = torch.load(workdir / "results/train/ckpt.pt", weights_only=True)["config"]["train"]
     assert (main_config["optimizer"], main_config["lr_schedule"]) == ("adamw", "cosine")
     table = table_rows((workdir / "results/experiments/compare.md").read_text())
-    assert table["muon"][1] == "`train.optimizer: muon`" and table["wsd"][1] == "`train.lr_schedule: wsd`"
+    assert table["muon"][1] == "`train.optimizer: muon`"
+    assert table["wsd"][1] == "`train.lr_schedule: wsd`, `train.max_minutes: 0.002`"
     assert table["main"][3] == table["muon"][3] == "0.02M"  # 40 steps of 8 x 64 tokens
 
     archive = tmp_path / "report.zip"

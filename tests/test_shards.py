@@ -1,4 +1,5 @@
-"""tinyllm.shards: reading TinyStories stories and prepared shards, tiny.txt and pretokenization."""
+"""tinyllm.shards: reading TinyStories stories and prepared shards, tiny.txt and pretokenization. Malformed
+shards: tests/faults/test_data.py."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_tar_gz, run_snakemake, write_tiny_config
+from conftest import write_json
 from tinyllm import shards
 from tinyllm.corpus import document_line
-from tinyllm.errors import DataError
 from tinyllm.shards import (
-    load_stories,
     pretokenize_shard,
     split_long_line,
     write_tiny_txt,
@@ -19,11 +18,6 @@ from tinyllm.shards import (
 from tinyllm.tokenizer import MAX_SENTENCE_LENGTH, Tokenizer, train_tokenizer
 
 # --- stories and tiny.txt -----------------------------------------------------------------------------------
-
-
-def write_json(path, value):
-    path.write_text(json.dumps(value) if not isinstance(value, str) else value)
-    return path
 
 
 def test_tiny_txt_holds_one_stripped_story_per_line(shards_dir, tmp_path):
@@ -39,36 +33,6 @@ def test_tiny_txt_holds_one_stripped_story_per_line(shards_dir, tmp_path):
     assert sorted(p.name for p in output.parent.iterdir()) == ["tiny.txt"]
 
 
-@pytest.mark.parametrize(
-    "content,message",
-    [
-        ('[{"story": "ok"}, {"story": ', r"not valid JSON \(.* line 1 column"),
-        ('{"story": "not in a list"}', "expected a JSON array"),
-        ([{"story": "ok"}, {"story": "ok"}, {"text": "no story"}], 'entry 2 has no "story"'),
-        ([{"story": "ok"}, {"story": 42}], 'entry 1 has a "story" that is a int'),
-        ([{"story": "ok"}, "just a string"], "entry 1 is a str, not an object"),
-        ([{"story": "ok"}, {"story": ""}], 'entry 1 has a "story" that is empty'),
-        ([{"story": "ok"}, {"story": "ok"}, {"story": " \n\t "}], 'entry 2 .* that is only whitespace'),
-        ("[]", r"no stories \(an empty JSON array\)"),
-    ],
-    ids=[
-        "bad-json", "not-a-list", "missing-story", "story-not-string", "entry-not-object", "empty-story",
-        "whitespace-story", "no-stories",
-    ],  # fmt: skip
-)
-def test_malformed_shard_names_file_and_entry(content, message, small_tokenizer, tmp_path):
-    shard = write_json(tmp_path / "data09.json", content)
-    for action in (
-        lambda: load_stories(shard),
-        lambda: write_tiny_txt([shard], tmp_path / "tiny.txt"),
-        lambda: pretokenize_shard(shard, small_tokenizer, tmp_path / "data09.bin"),
-    ):
-        with pytest.raises(DataError, match=message) as err:
-            action()
-        assert str(shard) in str(err.value) and "\n" not in str(err.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data09.json"]
-
-
 # --- pretokenize --------------------------------------------------------------------------------------------
 
 
@@ -82,42 +46,6 @@ def test_pretokenize_equals_per_story_encode_with_bos(shards_dir, small_tokenize
     assert count == len(written) == len(expected)
     np.testing.assert_array_equal(written, expected)
     assert written[0] == tok.bos_id and tok.eos_id not in written
-
-
-def test_vocabulary_beyond_uint16_is_refused(shards_dir, small_tokenizer, tmp_path, monkeypatch):
-    class HugeVocab(Tokenizer):
-        def __init__(self, path):
-            super().__init__(path)
-            self.n_words = 70_000
-
-    monkeypatch.setattr(shards, "Tokenizer", HugeVocab)
-    with pytest.raises(ValueError, match="70000 tokens does not fit uint16"):
-        pretokenize_shard(shards_dir / "data00.json", small_tokenizer, tmp_path / "data00.bin")
-    assert not (tmp_path / "data00.bin").exists()
-
-
-# --- in the workflow: the rule that reads a bad shard stops there -------------------------------------------
-
-
-def test_empty_stories_stop_prepare_with_one_line(shards_dir, tmp_path):
-    """An archive whose data01.json is 1,000 empty stories: the training split is empty, so prepare fails with
-    one line saying so, and nothing after it (tiny_txt, tokenizer, pretokenize, train) runs."""
-    archive = make_tar_gz(
-        tmp_path / "TinyStories_empty.tar.gz",
-        {
-            "data00.json": (shards_dir / "data00.json").read_bytes(),
-            "data01.json": json.dumps([{"story": ""}] * 1000).encode(),
-        },
-    )
-    config = write_tiny_config(shards_dir, tmp_path, data={"url": str(archive)})
-    target = "results/tok512/train_0000.bin"
-    run = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(config,), check=False)
-    assert run.returncode != 0
-    line = next(x for x in run.stderr.splitlines() if x.startswith("error: "))
-    assert "the training split is empty" in line, run.stderr[-3000:]
-    assert not (tmp_path / "results" / "corpus").exists()
-    assert not (tmp_path / "results" / "data" / "tiny.txt").exists()
-    assert not (tmp_path / "logs" / "tokenizer").exists()
 
 
 # --- prepared shards ----------------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ import struct
 import numpy as np
 import pytest
 import sentencepiece as spm
-from conftest import run_snakemake, write_tiny_config
-from tinyllm.errors import ConfigError, DataError
+from conftest import write_stories_text
 from tinyllm.shards import load_stories
 from tinyllm.tokenizer import (
     RUNC_BOS,
@@ -43,8 +42,7 @@ def tok(small_tokenizer) -> Tokenizer:
 
 
 def test_train_tokenizer_writes_model_and_vocab_only(shards_dir, tmp_path):
-    text = tmp_path / "tiny.txt"
-    text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
+    text = write_stories_text(shards_dir, tmp_path / "tiny.txt")
     model = train_tokenizer(text, tmp_path / "out" / "tok400", 400, input_sentence_size=1000, quiet=True)
     assert model == tmp_path / "out" / "tok400.model"
     assert sorted(p.name for p in model.parent.iterdir()) == ["tok400.model", "tok400.vocab"]
@@ -61,49 +59,6 @@ def test_train_tokenizer_uses_llama2c_options(tok):
     assert tok.sp.normalize("A  b\u00a0c") == f"{WORD_BOUNDARY}A{WORD_BOUNDARY * 2}b\u00a0c"
     assert tok.decode(tok.encode("Tom said:  hi.\n\nThe end.", True, False)) == "Tom said:  hi.\n\nThe end."
     assert tok.decode(tok.encode("🐱", False, False)) == "🐱"  # unseen character: bytes, not <unk>
-
-
-def test_missing_files_give_clear_errors(tmp_path):
-    with pytest.raises(DataError, match="tokenizer model not found: .*nope.model"):
-        Tokenizer(tmp_path / "nope.model")
-    with pytest.raises(DataError, match="training text not found"):
-        train_tokenizer(tmp_path / "missing.txt", tmp_path / "tok", 300)
-
-
-def required_pieces(err: pytest.ExceptionInfo) -> int:
-    return int(re.search(r"smaller than the (\d+) pieces", str(err.value)).group(1))
-
-
-def test_vocabulary_too_small_for_the_text_names_both_numbers_and_both_settings(shards_dir, tmp_path):
-    text = tmp_path / "tiny.txt"
-    text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
-    with pytest.raises(ConfigError) as err:
-        train_tokenizer(text, tmp_path / "out" / "tok260", 260, quiet=True)
-    message, required = str(err.value), required_pieces(err)
-    assert "\n" not in message and "tokenizer.vocab_size 260 is smaller than" in message
-    assert required > 260 and f"at least {required}" in message and "tokenizer.character_coverage" in message
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
-
-    # Both fixes it names work: a lower coverage needs fewer pieces, and the vocabulary it asks for trains.
-    with pytest.raises(ConfigError) as fewer:
-        train_tokenizer(text, tmp_path / "out" / "tok260", 260, character_coverage=0.99, quiet=True)
-    assert required_pieces(fewer) < required and "character_coverage 0.99," in str(fewer.value)
-    model = train_tokenizer(text, tmp_path / "out" / f"tok{required}", required, quiet=True)
-    assert Tokenizer(model).n_words == required
-
-
-def test_tokenizer_rule_with_too_small_a_vocabulary_fails_in_one_line(shards_dir, tmp_path):
-    """tokenizer.vocab_size 260 (the schema's minimum): the console names the numbers and the settings; the
-    rule's log keeps SentencePiece's own lines."""
-    config = write_tiny_config(shards_dir, tmp_path, tokenizer={"vocab_size": 260})
-    target = "results/tok260/tok260.model"
-    run = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(config,), check=False)
-    assert run.returncode != 0
-    line = next(x for x in run.stderr.splitlines() if x.startswith("error: "))
-    assert "tokenizer.vocab_size 260 is smaller than" in line and "tokenizer.character_coverage 1," in line
-    log = (tmp_path / "logs" / "tokenizer" / "tok260.log").read_text()
-    assert "trainer_interface.cc" in log and "Vocabulary size is smaller than required_chars" in log
-    assert not (tmp_path / target).exists()
 
 
 def test_encode_decode_bos_eos(tok, shards_dir):
@@ -156,8 +111,7 @@ def test_encode_concat_equals_encoding_each_text_on_random_texts(tok):
 )
 def test_other_models_take_the_plain_path_and_stay_exact(options, shards_dir, tmp_path):
     """A normalizing model, or one that is not BPE, is never split at spaces; results stay exact."""
-    text = tmp_path / "tiny.txt"
-    text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
+    text = write_stories_text(shards_dir, tmp_path / "tiny.txt")
     spm.SentencePieceTrainer.train(
         input=str(text), model_prefix=str(tmp_path / "other"), vocab_size=400, byte_fallback=True,
         minloglevel=2, **options,
@@ -301,30 +255,6 @@ def test_runc_hf_and_gguf_tokenizers_carry_the_byte_pieces(chinese):
             for i in ids[1:]
         )
         assert spelled.decode("utf-8").removeprefix(" ") == text
-
-
-def test_vocabulary_too_big_for_the_corpus_is_one_line(tmp_path):
-    text = tmp_path / "tiny.txt"
-    text.write_text("a tiny corpus of few words\n" * 50)
-    with pytest.raises(ConfigError) as err:
-        train_tokenizer(text, tmp_path / "out" / "tok4096", 4096, quiet=True)
-    message = str(err.value)
-    assert message.startswith("tokenizer.vocab_size 4096 is too big for the corpus: ") and "\n" not in message
-    most = int(re.search(r"at most (\d+) pieces", message).group(1))
-    assert f"lower tokenizer.vocab_size to {most} or less" in message
-    assert Tokenizer(train_tokenizer(text, tmp_path / "out" / "tokmost", most, quiet=True)).n_words == most
-    assert not (tmp_path / "out" / "tok4096.model").exists()
-
-
-def test_too_small_a_vocabulary_at_the_lowest_coverage_does_not_advise_lowering_it(shards_dir, tmp_path):
-    text = tmp_path / "tiny.txt"
-    text.write_text("\n".join(load_stories(shards_dir / "data00.json")[:300]) + "\n")
-    with pytest.raises(ConfigError) as err:
-        train_tokenizer(text, tmp_path / "tok260", 260, character_coverage=0.98, quiet=True)
-    assert "raise tokenizer.vocab_size to at least" in str(err.value)
-    assert "character_coverage (not below" not in str(err.value)
-    with pytest.raises(ConfigError, match=r"lower tokenizer.character_coverage \(not below 0.98\)"):
-        train_tokenizer(text, tmp_path / "tok260", 260, character_coverage=1.0, quiet=True)
 
 
 def test_bits_per_byte_count_utf8_bytes_of_chinese(chinese, tmp_path):
