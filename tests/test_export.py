@@ -12,10 +12,9 @@ import pytest
 import torch
 from conftest import TINY_MODEL, make_random_model
 from tinyllm import paths
-from tinyllm.errors import CheckpointError
 from tinyllm.export_hf import export_hf, half_to_interleaved_rotary, hf_state_dict, interleaved_to_half_rotary
 from tinyllm.export_runc import export_runc, read_runc_header, runc_file_size
-from tinyllm.model import ModelArgs, Transformer, rotary_tables
+from tinyllm.model import Transformer, rotary_tables
 
 # Small tensors: a second thread gains nothing and stalls badly when the other cores are busy.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -155,14 +154,6 @@ def test_export_runc_reads_a_checkpoint(tmp_path):
     assert np.abs(runc_forward(path, TOKENS[:5]) - our_logits(model, TOKENS[:5])).max() < 1e-4
 
 
-def test_export_runc_refuses_an_epsilon_run_c_does_not_use(tmp_path):
-    torch.manual_seed(0)
-    model = Transformer(ModelArgs(**TINY, norm_eps=1e-6))
-    with pytest.raises(CheckpointError, match="hardcodes RMSNorm eps"):
-        export_runc(model, tmp_path / "model.bin")
-    assert not (tmp_path / "model.bin").exists()
-
-
 # --- Hugging Face ------------------------------------------------------------------------------------------
 
 
@@ -205,14 +196,6 @@ def test_hf_state_dict_stores_each_tensor_once():
     assert "lm_head.weight" not in tensors
     assert len(tensors) == 2 + 9 * TINY["n_layers"]
     assert len({t.data_ptr() for t in tensors.values()}) == len(tensors)  # safetensors refuses shared storage
-
-
-def test_export_hf_refuses_a_tokenizer_of_another_size(tmp_path, small_tokenizer):
-    torch.manual_seed(0)
-    model = Transformer(ModelArgs(**{**TINY, "vocab_size": 600}))
-    with pytest.raises(CheckpointError, match="has 512 tokens but the model has vocab_size 600"):
-        export_hf(model, small_tokenizer, tmp_path / "hf")
-    assert not (tmp_path / "hf").exists()
 
 
 def test_read_runc_header_takes_bytes_too():

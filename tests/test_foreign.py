@@ -1,9 +1,7 @@
-"""tinyllm.foreign and `tinyllm import`: our model through run.c, Hugging Face and llama2.c layouts, back."""
+"""tinyllm.foreign and `tinyllm import`: our model through run.c, Hugging Face and llama2.c layouts, and back.
+The files it refuses: tests/faults/test_models.py."""
 
 from __future__ import annotations
-
-import json
-import shutil
 
 import pytest
 import torch
@@ -91,61 +89,6 @@ def test_our_checkpoint_reads_as_itself(tmp_path):
     assert all(torch.equal(found.state_dict[k], v) for k, v in model.state_dict().items())
 
 
-# --- refusals -----------------------------------------------------------------------------------------------
-
-
-def test_a_model_with_its_own_output_layer_is_refused(tmp_path):
-    runc = export_runc(make_random_model(seed=6, tied=False), tmp_path / "model.bin")
-    with pytest.raises(CheckpointError, match="output layer of its own"):
-        load_foreign_checkpoint(runc)
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        (b"\x00" * 10, "neither a PyTorch checkpoint nor a run.c model"),
-        (b"\x32\x34\x6b\x61" + b"\x00" * 200, "version 1 or 2"),
-    ],
-)
-def test_files_that_are_no_model_are_named(tmp_path, content, message):
-    (tmp_path / "x.bin").write_bytes(content)
-    with pytest.raises(CheckpointError, match=message) as err:
-        load_foreign_checkpoint(tmp_path / "x.bin")
-    assert "\n" not in str(err.value) and str(tmp_path / "x.bin") in str(err.value)
-
-
-def test_a_truncated_run_c_file_is_refused(tmp_path):
-    runc = export_runc(make_random_model(), tmp_path / "model.bin")
-    runc.write_bytes(runc.read_bytes()[:-4])
-    with pytest.raises(CheckpointError, match="does not fit the run.c header"):
-        load_foreign_checkpoint(runc)
-
-
-def test_hugging_face_folders_it_cannot_hold_are_named(tmp_path, small_tokenizer):
-    folder = export_hf(make_random_model(), small_tokenizer, tmp_path / "hf")
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "rope_theta": 500000.0}))
-    with pytest.raises(CheckpointError, match="rope_theta 500000.0; tinyllm's model has 10000.0"):
-        load_foreign_checkpoint(folder)
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
-        load_foreign_checkpoint(folder)
-    shutil.rmtree(folder)
-    folder.mkdir()
-    with pytest.raises(CheckpointError, match="without config.json"):
-        load_foreign_checkpoint(folder)
-
-
-def test_weights_that_do_not_fit_the_model_args_are_named(tmp_path):
-    model = make_random_model()
-    checkpoint = weights_checkpoint(model, config=None)
-    checkpoint["model_args"]["dim"] = 32
-    save_checkpoint(checkpoint, tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match=r"tok_embeddings.weight of shape \(512, 64\)"):
-        load_foreign_checkpoint(tmp_path / "c.pt")
-
-
 # --- check_matches ------------------------------------------------------------------------------------------
 
 CONFIG_MODEL = TINY_MODEL_SECTION
@@ -196,9 +139,3 @@ def test_tinyllm_import_writes_a_checkpoint_that_tinyllm_sample_reads(tmp_path, 
     assert capsys.readouterr().out.strip()
 
 
-def test_tinyllm_import_of_a_bad_file_is_one_line_and_exit_2(tmp_path, capsys):
-    (tmp_path / "notes.txt").write_text("not a model")
-    assert cli.main(["import", str(tmp_path / "notes.txt"), str(tmp_path / "ckpt.pt")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tinyllm import: ") and err.count("\n") == 1 and "notes.txt" in err
-    assert not (tmp_path / "ckpt.pt").exists()
