@@ -1,7 +1,9 @@
-"""Static checks of the workflow: Snakemake's linter, snakefmt, ruff, rule conventions, the DAG pictures."""
+"""Static checks of the workflow: Snakemake's linter, snakefmt, ruff, rule conventions, the size of the
+library's functions and classes, the DAG pictures."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -32,6 +34,7 @@ def snakemake(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return run([*cmd, "--configfile", str(REPO / "config.yaml"), *args], cwd=tmp_path)
 
 
+@pytest.mark.slow  # Snakemake parses the workflow and builds the DAG: about 2 s
 def test_snakemake_lint_has_no_findings(tmp_path):
     out = snakemake(tmp_path, "--lint")
     assert out.returncode == 0, f"snakemake --lint:\n{out.stdout}\n{out.stderr}"
@@ -81,6 +84,44 @@ def test_every_script_sends_its_stderr_to_the_rule_log():
             )
 
 
+# --- the library's size: no function and no class over 80 lines (issue 15) ----------------------------------
+
+MAX_DEFINITION_LINES = 80
+LIBRARY = REPO / "workflow" / "lib" / "tinyllm"
+
+
+def long_definitions(folder: Path, limit: int = MAX_DEFINITION_LINES) -> list[str]:
+    """'module:line name (N lines)' for every function, method and class (nested ones too) in folder's modules
+    that spans more than limit lines, from its first decorator (or def/class line) to its last line."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                lines = node.end_lineno - first + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(folder)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_a_definitions_lines_run_from_its_decorator_to_its_last_line(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(78))
+    (tmp_path / "m.py").write_text(
+        f"@staticmethod\ndef eighty():\n{body}\n\ndef seventy_nine():\n{body}\n\nclass Big:\n"
+        f"    def inner():\n{body.replace('    ', '        ')}        return 1\n"
+    )
+    assert long_definitions(tmp_path, limit=79) == [
+        "m.py:2 eighty (80 lines)", "m.py:164 Big (81 lines)", "m.py:165 inner (80 lines)"
+    ]
+
+
+def test_no_function_and_no_class_in_the_library_is_over_80_lines():
+    too_long = long_definitions(LIBRARY)
+    assert not too_long, (
+        f"over {MAX_DEFINITION_LINES} lines (issue 15: split them by concern): " + "; ".join(too_long)
+    )
+
+
 # --- the DAG pictures ---------------------------------------------------------------------------------------
 
 
@@ -111,6 +152,7 @@ def svg_graph(svg: str) -> tuple[set[str], set[tuple[str, str]]]:
     return set(labels.values()), edges
 
 
+@pytest.mark.slow  # Snakemake builds the DAG: about 2 s
 def test_rulegraph_is_plain_dot(tmp_path):
     out = snakemake(tmp_path, "--rulegraph")
     assert out.returncode == 0, out.stderr
@@ -124,6 +166,7 @@ def test_rulegraph_is_plain_dot(tmp_path):
     assert set(zip(chain[:-1], chain[1:], strict=True)) <= edges, edges
 
 
+@pytest.mark.slow  # Snakemake builds the DAG: about 2 s
 def test_committed_rulegraph_is_current(tmp_path):
     """docs/rulegraph.svg shows the rules and edges of the workflow as it is (redraw: .ci/rulegraph.sh)."""
     out = snakemake(tmp_path, "--rulegraph")
@@ -137,6 +180,7 @@ def test_committed_rulegraph_is_current(tmp_path):
     )
 
 
+@pytest.mark.slow  # Snakemake builds the DAG: about 2 s each
 @pytest.mark.parametrize("graph", ["--dag", "--rulegraph"])
 def test_graphs_render_with_graphviz(tmp_path, graph):
     if shutil.which("dot") is None:
