@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -16,7 +17,12 @@ def run_script(log, failure: str) -> subprocess.CompletedProcess:
         "os.write(2, b'native stderr line\\n')\n"
         f"{failure}\n"
     )
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    # SIGINT as a job gets it from a shell or Snakemake: the default, even where this test process was
+    # started with SIGINT ignored (a background job of a non-interactive shell), which its children inherit.
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=restore_sigint
+    )
 
 
 def test_an_expected_error_is_one_line_in_the_log_and_on_the_console_without_a_traceback(tmp_path):
