@@ -581,3 +581,73 @@ def small_disk(tmp_path, request):
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
+
+
+# --- tinyllm serve in a thread, for the server and page tests -----------------------------------------------
+
+SERVE_TIMEOUT_S = 60  # every wait of the server tests is bounded
+
+
+def _serve_limits():
+    from tinyllm.completions_api import Limits
+
+    return Limits(max_batch=4, max_queue=6, max_tokens=300, max_choices=4)
+
+
+SERVE_LIMITS = _serve_limits()
+
+
+class RunningServer:
+    """A tinyllm server on 127.0.0.1 (a free port) in a thread of this process."""
+
+    def __init__(self, checkpoint, tokenizer, api_key=None, int8=False, limits=None):
+        import threading
+
+        from tinyllm.cli import SAMPLE_DEFAULTS
+        from tinyllm.serve import listen, load_service, uvicorn_server
+
+        limits = limits or SERVE_LIMITS
+        self.service = load_service(checkpoint, SAMPLE_DEFAULTS, tokenizer, "cpu", int8, limits, api_key)
+        self.socket = listen("127.0.0.1", 0)
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn_server(self.service)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> RunningServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + SERVE_TIMEOUT_S
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(SERVE_TIMEOUT_S)
+        assert not self.thread.is_alive()
+
+    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict | bytes]:
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=SERVE_TIMEOUT_S)
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        connection.request(method, path, body=data, headers=headers or {})
+        response = connection.getresponse()
+        raw = response.read()
+        connection.close()
+        is_json = response.getheader("content-type", "").startswith("application/json")
+        return response.status, json.loads(raw) if is_json else raw
+
+
+def wait_until(condition, what: str, timeout: float = 5.0) -> float:
+    """Poll condition until it holds; fail the test after timeout seconds."""
+    import time
+
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"not within {timeout} s: {what}"
+        time.sleep(0.005)
+    return time.monotonic() - start

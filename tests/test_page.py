@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
-from test_serve import TIMEOUT_S, RunningServer, wait_until
+from conftest import SERVE_TIMEOUT_S as TIMEOUT_S
+from conftest import RunningServer, wait_until
 from tinyllm.checkpoint import load_model_and_tokenizer
 from tinyllm.completions_api import Limits
 from tinyllm.generate import generate
@@ -65,6 +67,10 @@ def test_the_page_streams_a_story_until_its_end(browser, story_model, small_toke
     prompt = tokenizer.encode("Once upon a time", bos=True, eos=False)
     new = generate(model, prompt, 200, temperature=0.0, eos_id=tokenizer.bos_id)[0]
     with RunningServer(story_model, small_tokenizer) as server:
+        # The tiny model writes its story in milliseconds; at 50 tokens/s the page sees it come.
+        decoder = server.service.engine.batch.decoder
+        step = decoder.step
+        decoder.step = lambda tokens, positions: time.sleep(0.02) or step(tokens, positions)
         page = browser
         page.goto(server.url + "/")
         page.wait_for_function("() => document.getElementById('model').textContent.includes('story_model0')")

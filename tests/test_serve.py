@@ -13,51 +13,15 @@ import threading
 import time
 
 import pytest
+from conftest import SERVE_LIMITS as LIMITS
+from conftest import SERVE_TIMEOUT_S as TIMEOUT_S
+from conftest import RunningServer, wait_until
 from tinyllm.checkpoint import load_model_and_tokenizer
-from tinyllm.cli import SAMPLE_DEFAULTS
-from tinyllm.completions_api import Limits
 from tinyllm.generate import generate
-from tinyllm.serve import PAGE, listen, load_service, uvicorn_server
+from tinyllm.serve import PAGE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-LIMITS = Limits(max_batch=4, max_queue=6, max_tokens=300, max_choices=4)
-TIMEOUT_S = 60  # every wait in these tests is bounded
-
-
-class RunningServer:
-    """A tinyllm server on 127.0.0.1 (a free port) in a thread of this process."""
-
-    def __init__(self, checkpoint, tokenizer, api_key=None, int8=False, limits=LIMITS):
-        self.service = load_service(checkpoint, SAMPLE_DEFAULTS, tokenizer, "cpu", int8, limits, api_key)
-        self.socket = listen("127.0.0.1", 0)
-        self.port = self.socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn_server(self.service)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def __enter__(self) -> RunningServer:
-        self.thread.start()
-        deadline = time.monotonic() + TIMEOUT_S
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(TIMEOUT_S)
-        assert not self.thread.is_alive()
-
-    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict | bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT_S)
-        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        connection.request(method, path, body=data, headers=headers or {})
-        response = connection.getresponse()
-        raw = response.read()
-        connection.close()
-        is_json = response.getheader("content-type", "").startswith("application/json")
-        return response.status, json.loads(raw) if is_json else raw
 
 
 @pytest.fixture(scope="module")
@@ -269,14 +233,6 @@ def read_events(response, count: int | None = None) -> list[str]:
         if line.startswith(b"data: "):
             events.append(json.loads(line[6:]))
     return events
-
-
-def wait_until(condition, what: str, timeout: float = 5.0) -> float:
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"not within {timeout} s: {what}"
-        time.sleep(0.005)
-    return time.monotonic() - start
 
 
 def test_past_the_context_each_row_slides_as_generate_does(endless):
