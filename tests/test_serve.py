@@ -18,7 +18,7 @@ from conftest import SERVE_TIMEOUT_S as TIMEOUT_S
 from conftest import RunningServer, wait_until
 from tinyllm.checkpoint import load_model_and_tokenizer
 from tinyllm.generate import generate
-from tinyllm.serve import PAGE
+from tinyllm.serve import PAGE, listen
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -408,3 +408,20 @@ def test_a_seeded_completion_draws_what_generate_draws_whatever_shares_its_batch
         read_events(response)
         connection.close()
     assert answer.choices[0].text == expected
+
+
+def test_serve_refuses_in_one_line_what_it_cannot_serve(story_model, small_tokenizer, tmp_path, capsys):
+    from tinyllm import cli
+
+    assert cli.main(["serve", str(tmp_path / "missing.pt")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    argv = ["serve", str(story_model), "--tokenizer", str(small_tokenizer)]
+    assert cli.main([*argv, "--max-prompt-tokens", "65"]) == 2
+    assert "--max-prompt-tokens 65 exceeds the model's context of 64 tokens" in capsys.readouterr().err
+    taken = listen("127.0.0.1", 0)
+    try:
+        assert cli.main([*argv, "--port", str(taken.getsockname()[1])]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+        assert line.startswith("tinyllm serve: cannot listen on 127.0.0.1:") and "--port" in line
+    finally:
+        taken.close()
