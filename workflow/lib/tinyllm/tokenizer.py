@@ -166,11 +166,9 @@ class Tokenizer:
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
         except RuntimeError as err:  # SentencePiece: "could not parse ModelProto from ..."
-            raise DataError(
-                f"tokenizer {self.model_path} is not a readable SentencePiece model (damaged, or another "
-                "format): pass the model's own tokenizer; delete a damaged one of the pipeline's and rerun "
-                "snakemake"
-            ) from err
+            raise DataError(f"tokenizer {self.model_path} is not a readable SentencePiece model (damaged, or "
+                            "another format): pass the model's own tokenizer; delete a damaged one of the "
+                            "pipeline's and rerun snakemake") from err  # fmt: skip
         self.n_words: int = self.sp.vocab_size()
         self.bos_id: int = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()

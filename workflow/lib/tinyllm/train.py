@@ -308,10 +308,9 @@ def train(
                     with contextlib.nullcontext() if last or not world.distributed else model.no_sync():
                         with run.autocast:
                             _, micro_loss = model(x, y)
-                        x, y = next(run.batches)  # the host prepares the next batch while the device computes
-                        micro_loss = micro_loss / accumulation
-                        scaler.scale(micro_loss).backward()
-                    loss += micro_loss.detach()
+                        x, y = next(run.batches)  # the host reads the next batch while the device computes
+                        scaler.scale(micro_loss / accumulation).backward()
+                    loss += micro_loss.detach() / accumulation
                 if cfg["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg["grad_clip"])
