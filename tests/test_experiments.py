@@ -9,6 +9,7 @@ output files with rule and plan, not from its console messages.
 from __future__ import annotations
 
 import csv
+import shutil
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,6 @@ from conftest import (
     dry_run_summary,
     make_random_model,
     run_snakemake,
-    write_tiny_config,
     write_yaml,
 )
 from tinyllm.checkpoint import save_checkpoint, weights_checkpoint
@@ -168,13 +168,14 @@ def test_params_count_the_tied_embedding_once(three_runs):
 
 
 @pytest.mark.slow
-def test_experiments_train_side_by_side_compare_and_rerun_alone(tmp_path, shards_dir):
-    """The tiny config with two experiments: trained (two at once), compared, reported; then an edit of one
-    experiment's override reruns that experiment (and the comparison) and nothing else."""
-    config = write_tiny_config(shards_dir, tmp_path)
+def test_experiments_train_side_by_side_compare_and_rerun_alone(tiny_run, tmp_path):
+    """The tiny config with two experiments, on a copy of the session's tiny run (its data, tokenizer and main
+    run done): trained (two at once), compared, reported; then an edit of one experiment's override reruns
+    that experiment (and the comparison) and nothing else."""
+    config = tiny_run.config
     experiments = write_yaml(tmp_path / "experiments.yaml", {"experiments": EXPERIMENTS})
     workdir = tmp_path / "run"
-    workdir.mkdir()
+    shutil.copytree(tiny_run.workdir, workdir, symlinks=True)
     targets = (
         "results/experiments/compare.md",
         *(f"results/experiments/{n}/samples.txt" for n in EXPERIMENTS),
