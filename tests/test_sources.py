@@ -1,4 +1,5 @@
-"""tinyllm.sources: every format, compression, archive and text setting, and every bad input in one line."""
+"""tinyllm.sources: every format, compression, archive and text setting. Every bad input, in one line, is in
+tests/faults/test_data.py."""
 
 from __future__ import annotations
 
