@@ -144,6 +144,7 @@ class Decoder:
         self.layer_views = [(cache, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2))
                             for cache, kv in zip(self.cache, self.by_row, strict=True)]  # fmt: skip
         self.qkv_width, self.q_width = (H + 2 * KV) * hd, H * hd
+        self.buffers_shape = None
 
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, first_row: int = 0, all_positions: bool = False) -> torch.Tensor:
@@ -169,21 +170,14 @@ class Decoder:
     def _forward(self, tokens, first_row, positions, end, all_positions, mask=None) -> torch.Tensor:
         """tokens (B, T) at positions (B, T) of rows first_row..; attention over keys [0, end)."""
         B, T = tokens.shape
-        H, KV, hd = self.args.n_heads, self.args.n_kv_heads, self.args.head_dim
+        H, KV = self.args.n_heads, self.args.n_kv_heads
         rows = slice(first_row, first_row + B)
         starts = torch.arange(first_row, first_row + B, device=tokens.device)[:, None] * self.max_len
         cache_rows = (positions + starts).view(-1)  # row r's position p is row r * L + p of the cache
         rotation = self.rotation.index_select(0, positions.reshape(-1)).view(B, T, 1, -1)  # over heads
-        # Products land in buffers made once per call, whose views (q, rotated pairs, new keys and values,
-        # gate, up) every layer then reuses: views cost as much as small operations at batch 1.
-        qkv = torch.empty(B * T, self.qkv_width, device=tokens.device)
-        hidden = torch.empty(B * T, self.layers[0][2].out_features, device=tokens.device)
-        pairs = torch.view_as_complex(qkv[:, : self.qkv_width - KV * hd].view(B, T, H + KV, hd // 2, 2))
-        # One token per row: the query heads that share a key/value head become its queries (no expansion).
-        q = qkv[:, : self.q_width]
-        q = q.view(B, KV, H // KV, hd) if T == 1 else q.view(B, T, H, hd).transpose(1, 2)
-        gate, up = hidden.chunk(2, dim=-1)
-        new_keys_values = qkv[:, self.q_width :]
+        if self.buffers_shape != (B, T):  # steps of one batch size reuse them
+            self.buffers_shape, self.buffers = (B, T), product_buffers(self, B, T, tokens.device)
+        qkv, hidden, pairs, q, gate, up, new_keys_values = self.buffers
         x = F.embedding(tokens.reshape(-1), self.embedding)  # (B*T, dim), updated in place below
         for (wqkv, wo, w13, w2), (cache, keys, values) in zip(self.layers, self.layer_views, strict=True):
             normed_matmul(x, wqkv, qkv, self.eps)
@@ -199,6 +193,20 @@ class Decoder:
         if all_positions:
             return normed_matmul(x, self.output, None, self.eps).view(B, T, -1)
         return normed_matmul(x.view(B, T, -1)[:, -1], self.output, None, self.eps)
+
+
+def product_buffers(decoder: Decoder, B: int, T: int, device) -> tuple[torch.Tensor, ...]:
+    """Buffers the products of a (B, T) call land in, and the views of them that every layer reads: q, the
+    rotated pairs, the new keys and values, gate and up (a view costs as much as a small operation at
+    batch 1, so they are made once, not per layer or per step)."""
+    H, KV, hd = decoder.args.n_heads, decoder.args.n_kv_heads, decoder.args.head_dim
+    qkv = torch.empty(B * T, decoder.qkv_width, device=device)
+    hidden = torch.empty(B * T, decoder.layers[0][2].out_features, device=device)
+    pairs = torch.view_as_complex(qkv[:, : decoder.qkv_width - KV * hd].view(B, T, H + KV, hd // 2, 2))
+    # One token per row: the query heads that share a key/value head become its queries (no expansion).
+    q = qkv[:, : decoder.q_width]
+    q = q.view(B, KV, H // KV, hd) if T == 1 else q.view(B, T, H, hd).transpose(1, 2)
+    return (qkv, hidden, pairs, q, *hidden.chunk(2, dim=-1), qkv[:, decoder.q_width :])
 
 
 class _CachedLogits:
