@@ -38,7 +38,8 @@ RUN_TIMEOUT = 600  # seconds; the run takes about 3-4 minutes on two loaded core
 # Rules the Snakefile keeps on the submit host (localrules): they must not become SLURM jobs.
 LOCAL_RULES = ("download", "tiny_txt", "report_summary", "report_config")
 # Long enough that the train job is surely midway when it gets SIGTERM, short enough for the retry to finish.
-TRAIN = {"max_iters": 200, "eval_interval": 100, "log_interval": 10}
+# (The tiny model trains about 40 steps a second on two cores: 200 steps could end before the signal came.)
+TRAIN = {"max_iters": 600, "eval_interval": 300, "log_interval": 10}
 
 
 def cannot_run_slurm() -> str | None:
@@ -142,14 +143,14 @@ def slurm_run(slurm_cluster, shards_dir, tmp_path_factory) -> SlurmRun:
         return tail(console.read_text(), 12000)
 
     try:
-        # Training has started once the initial evaluation is logged; the signal handlers are in place then.
+        # The loop runs, its signal handlers in place, once it projects the run's length (after its first 20
+        # timed steps; the initial evaluation comes before the handlers, in training's setup).
         job_id = None
-        while job_id is None or not (train_log.is_file() and "eval at iter 0" in train_log.read_text()):
+        while job_id is None or not (train_log.is_file() and "projected wall time" in train_log.read_text()):
             assert proc.poll() is None, f"the run ended before train ran:\n{output()}"
             assert time.monotonic() - start < RUN_TIMEOUT, f"train did not start:\n{output()}"
             time.sleep(0.5)
             job_id = running_train_job() or job_id
-        time.sleep(2)
         slurm_command("scancel", "--signal=TERM", job_id)
         proc.wait(timeout=max(1, RUN_TIMEOUT - (time.monotonic() - start)))
     except subprocess.TimeoutExpired:
