@@ -588,13 +588,9 @@ def small_disk(tmp_path, request):
 SERVE_TIMEOUT_S = 60  # every wait of the server tests is bounded
 
 
-def _serve_limits():
-    from tinyllm.completions_api import Limits
-
-    return Limits(max_batch=4, max_queue=6, max_tokens=300, max_choices=4)
-
-
-SERVE_LIMITS = _serve_limits()
+# tinyllm.completions_api.Limits' values for the tests (a dict: this module imports no tinyllm at load, so
+# that tests/gpu's collection needs nothing but the standard library and pytest).
+SERVE_LIMITS = {"max_batch": 4, "max_queue": 6, "max_tokens": 300, "max_choices": 4}
 
 
 class RunningServer:
@@ -604,9 +600,10 @@ class RunningServer:
         import threading
 
         from tinyllm.cli import SAMPLE_DEFAULTS
+        from tinyllm.completions_api import Limits
         from tinyllm.serve import listen, load_service, uvicorn_server
 
-        limits = limits or SERVE_LIMITS
+        limits = limits or Limits(**SERVE_LIMITS)
         self.service = load_service(checkpoint, SAMPLE_DEFAULTS, tokenizer, "cpu", int8, limits, api_key)
         self.socket = listen("127.0.0.1", 0)
         self.port = self.socket.getsockname()[1]

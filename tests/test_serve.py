@@ -13,9 +13,8 @@ import threading
 import time
 
 import pytest
-from conftest import SERVE_LIMITS as LIMITS
+from conftest import SERVE_LIMITS, RunningServer, wait_until
 from conftest import SERVE_TIMEOUT_S as TIMEOUT_S
-from conftest import RunningServer, wait_until
 from tinyllm.checkpoint import load_model_and_tokenizer
 from tinyllm.generate import generate
 from tinyllm.serve import PAGE, listen
@@ -128,7 +127,8 @@ def test_concurrent_streams_are_decoded_together_and_each_is_right(server, story
     assert all(r is not None for r in results)
     wanted = [(expected, "stop") if i % 2 else (first_seven, "length") for i in range(6)]
     assert [(choice.text, choice.finish_reason) for choice in results] == wanted
-    assert max(steps) == LIMITS.max_batch  # rows at different positions shared steps, up to every row
+    # Rows at different positions shared steps, up to every row.
+    assert max(steps) == SERVE_LIMITS["max_batch"]
 
 
 # --- limits and bad requests -------------------------------------------------------------------------------

@@ -167,6 +167,16 @@ def test_a_time_budget_ends_training_and_evaluates_once_at_the_end(tiny_data, tm
     assert "train: done at iteration 31 after 30 s of training (the 0.5-minute budget)" in log
 
 
+def test_a_last_step_past_the_budget_ends_training_all_the_same(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(training, "now", FakeClock(tick=7.0))  # the fifth timed step of 7 s ends at 35 s
+    config = tiny_config(max_iters=1000, max_minutes=0.5)
+    summary = training.train(**run_settings(config, tiny_data, tmp_path))
+    assert summary["iter_num"] == 6 and summary["elapsed_s"] == 35.0
+    log = capsys.readouterr().err
+    assert "eval at iter 6:" in log
+    assert "train: done at iteration 6 after 35 s of training (the 0.5-minute budget)" in log
+
+
 def test_the_schedule_follows_the_time_budget(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "now", FakeClock())
     config = tiny_config(max_iters=1000, max_minutes=0.5, min_lr=0.0, warmup_iters=4)

@@ -264,9 +264,10 @@ def progress_bar(cfg: dict, progress: Progress, world: World):
 
     refresh_s = 1 if sys.stderr.isatty() else 30
     total, done, layout = cfg["max_iters"], progress.iter_num, None
-    if cfg["max_minutes"]:  # seconds of training, which the wall clock overtakes at evaluations
-        total, done = 60 * cfg["max_minutes"], progress.elapsed_s
-        layout = "{l_bar}{bar}| {n:.0f}/{total:.0f} s of training [{elapsed}{postfix}]"
+    if cfg["max_minutes"]:  # whole seconds of training, which the wall clock overtakes at evaluations
+        total = round(60 * cfg["max_minutes"])
+        done = min(int(progress.elapsed_s), total)
+        layout = "{l_bar}{bar}| {n_fmt}/{total_fmt} s of training [{elapsed}{postfix}]"
     return tqdm(total=total, initial=done, unit="it", disable=not world.master, file=sys.stderr,
                 dynamic_ncols=True, mininterval=refresh_s, bar_format=layout)  # fmt: skip
 
@@ -326,7 +327,7 @@ def train(
                 step_s = t - mark if mark is not None else 0.0
                 progress.elapsed_s += step_s
                 mark, start, since = t, start or (it, progress.elapsed_s), since or (it, progress.elapsed_s)
-                bar.update(step_s if cfg["max_minutes"] else 1)
+                bar.update(min(int(progress.elapsed_s), bar.total) - bar.n if cfg["max_minutes"] else 1)
                 log_step = it % cfg["log_interval"] == 0
                 eval_step = it % cfg["eval_interval"] == 0 or it == cfg["max_iters"]
                 if budget_s < math.inf and (log_step or not world.distributed):
